@@ -1,0 +1,152 @@
+"""The `bge-triton` command: export, serve, make-bench-model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+log = logging.getLogger("bge_triton")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="convert a Hugging Face checkpoint into a Triton model repository")
+    p.add_argument("--model", required=True, help="hub id (BAAI/bge-large-zh-v1.5) or local checkpoint directory")
+    p.add_argument("--name", help="served model name (default: the last part of --model)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    p.add_argument("--target", choices=("local", "container-gpu"), default="local",
+                   help="local: onnxruntime inside the Python backend; container-gpu: onnxruntime_onnx on GPU")  # fmt: skip
+    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--encoder-instances", type=int, default=1)
+    p.add_argument("--pad-to-multiple-of", type=int, default=8)
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from bge_triton.export.checkpoint import CheckpointError
+    from bge_triton.export.exporter import ParityError, export_model
+    from bge_triton.export.repository import BatchingOptions
+
+    opts = BatchingOptions(
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us,
+        encoder_instances=args.encoder_instances,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+    )
+    try:
+        result = export_model(
+            args.model, args.repository, name=args.name, precision=args.precision, target=args.target, opts=opts
+        )
+    except (CheckpointError, ParityError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {result.facts.name} to {result.ensemble_dir.parent} "
+          f"(parity min cosine {result.parity.min_cosine:.6f})")  # fmt: skip
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run tritonserver on a model repository (default: the embedded model)")
+    p.add_argument("--repository", type=Path, default=None,
+                   help="model repository (default: the embedded all-MiniLM-L6-v2, exported on first run)")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (Triton's own default is 0.0.0.0)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument("--ready-timeout", type=float, default=300.0)
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from bge_triton.default_repository import ensure_default_repository
+    from bge_triton.launcher import LaunchError, TritonOptions, TritonServer
+
+    try:
+        repository = args.repository or ensure_default_repository()
+        options = TritonOptions(
+            repository=repository,
+            host=args.host,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            log_verbose=args.log_verbose,
+        )
+        server = TritonServer(options)
+        server.start()
+        stop = threading.Event()
+
+        def forward(signum: int, _frame: object) -> None:
+            log.info("received %s: shutting down tritonserver", signal.Signals(signum).name)
+            server.signal(signum)
+            stop.set()
+
+        signal.signal(signal.SIGINT, forward)
+        signal.signal(signal.SIGTERM, forward)
+        server.wait_ready(args.ready_timeout)
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if "server" in locals():
+            server.stop()
+        return 1
+    log.info(
+        "Triton ready on %s: HTTP %s  gRPC %s  metrics %s",
+        repository, options.http_url, options.grpc_url, options.metrics_url,
+    )  # fmt: skip
+    while not stop.is_set() and server.is_running():
+        stop.wait(0.5)
+    code = server.stop()
+    return 0 if stop.is_set() else (code or 1)
+
+
+def _add_bench_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("make-bench-model",
+                       help="build a randomly initialised checkpoint with a real model's exact config")  # fmt: skip
+    p.add_argument("--config-dir", type=Path, default=None,
+                   help="config + tokenizer directory (default: shared/models/bge-large-zh-v1.5)")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="where to save the checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_bench_model)
+
+
+def _cmd_bench_model(args: argparse.Namespace) -> int:
+    from bge_triton.export.bench_model import make_bench_model
+    from bge_triton.paths import shared_dir
+
+    config_dir = args.config_dir or shared_dir() / "models" / "bge-large-zh-v1.5"
+    out = make_bench_model(config_dir, args.out, seed=args.seed)
+    print(f"saved a random-init checkpoint with the config of {config_dir.name} to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bge-triton", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_export(sub)
+    _add_serve(sub)
+    _add_bench_model(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

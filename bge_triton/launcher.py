@@ -1,0 +1,230 @@
+"""Start a real `tritonserver` process (the binary the PyPI wheel nvidia-pytriton bundles).
+
+The model repository is the product: this module only runs Triton on it, the way the NGC
+container would, with the Python backend wired to this interpreter's environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .paths import data_home
+
+log = logging.getLogger("bge_triton.launcher")
+
+
+class LaunchError(RuntimeError):
+    """tritonserver could not be started or did not become ready."""
+
+
+@dataclass
+class TritonOptions:
+    repository: Path
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    log_verbose: int = 0
+    exit_timeout_s: int = 30
+    # Python-backend shared memory per model instance: BERT activations of a full batch are
+    # tens of MB, so start larger than Triton's 1 MB default to avoid growing on every batch.
+    python_shm_bytes: int = 64 * 1024 * 1024
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+
+def tritonserver_home() -> Path:
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise LaunchError("the tritonserver binary comes with the package nvidia-pytriton: pip install nvidia-pytriton") from exc
+    home = Path(pytriton.__file__).parent / "tritonserver"
+    if not (home / "bin" / "tritonserver").is_file():
+        raise LaunchError(f"no tritonserver binary under {home}")
+    return home
+
+
+def python_backend_dir() -> Path:
+    """A backend directory whose python/ holds the wheel's backend and the stub for this Python."""
+    home = tritonserver_home()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = home / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise LaunchError(f"nvidia-pytriton has no Python-backend stub for Python {version}")
+    backends = data_home() / "backends" / f"py{version}"
+    python = backends / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    links = {
+        "libtriton_python.so": home / "backends" / "python" / "libtriton_python.so",
+        "triton_python_backend_utils.py": home / "backends" / "python" / "triton_python_backend_utils.py",
+        "triton_python_backend_stub": stub,
+    }
+    for name, target in links.items():
+        link = python / name
+        if link.is_symlink() and Path(os.readlink(link)) == target:
+            continue
+        if link.exists() or link.is_symlink():
+            link.unlink()
+        link.symlink_to(target)
+    return backends
+
+
+def server_environment() -> dict[str, str]:
+    """PATH starts with this interpreter's bin (the stub finds its site-packages through it) and
+    LD_LIBRARY_PATH with its own libpython, so the stub embeds the same Python version."""
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in [libdir, env.get("LD_LIBRARY_PATH", "")] if p)
+    env.setdefault("TOKENIZERS_PARALLELISM", "true")
+    return env
+
+
+def ensure_port_free(host: str, port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise LaunchError(f"{what} port {host}:{port} is already in use ({exc.strerror}); choose another") from None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class TritonServer:
+    """One tritonserver process; use as a context manager or call start()/stop()."""
+
+    def __init__(self, options: TritonOptions, *, log_file: Path | None = None):
+        self.options = options
+        self.log_file = log_file
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_handle = None
+
+    def command(self) -> list[str]:
+        o = self.options
+        return [
+            str(tritonserver_home() / "bin" / "tritonserver"),
+            f"--model-repository={Path(o.repository).resolve()}",
+            f"--backend-directory={python_backend_dir()}",
+            f"--http-address={o.host}",
+            f"--http-port={o.http_port}",
+            f"--grpc-address={o.host}",
+            f"--grpc-port={o.grpc_port}",
+            "--allow-metrics=true",
+            f"--metrics-address={o.host}",
+            f"--metrics-port={o.metrics_port}",
+            f"--exit-timeout-secs={o.exit_timeout_s}",
+            f"--log-verbose={o.log_verbose}",
+            f"--backend-config=python,shm-default-byte-size={o.python_shm_bytes}",
+            f"--backend-config=python,shm-growth-byte-size={o.python_shm_bytes // 2}",
+            *o.extra_args,
+        ]
+
+    def start(self) -> None:
+        o = self.options
+        if not Path(o.repository).is_dir():
+            raise LaunchError(f"model repository {o.repository} does not exist")
+        for what, port in (("HTTP", o.http_port), ("gRPC", o.grpc_port), ("metrics", o.metrics_port)):
+            ensure_port_free(o.host, port, what)
+        stdout = None
+        if self.log_file is not None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log_handle = open(self.log_file, "ab")  # noqa: SIM115 - lives as long as the process
+            stdout = self._log_handle
+        self.process = subprocess.Popen(
+            self.command(),
+            env=server_environment(),
+            stdout=stdout,
+            stderr=subprocess.STDOUT if stdout else None,
+            start_new_session=True,  # signals are forwarded by us, not by the terminal
+        )
+        log.debug("started tritonserver pid %d", self.process.pid)
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.options.http_url}/v2/health/ready", timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                code = self.process.returncode if self.process else None
+                raise LaunchError(f"tritonserver exited with code {code} before it was ready{self._log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        raise LaunchError(f"tritonserver was not ready after {timeout_s:.0f} s{self._log_tail()}")
+
+    def signal(self, signum: int) -> None:
+        if self.is_running():
+            assert self.process is not None
+            self.process.send_signal(signum)
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        if self.process is None:
+            return None
+        timeout_s = timeout_s if timeout_s is not None else self.options.exit_timeout_s + 5
+        if self.is_running():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not stop in %.0f s; killing it", timeout_s)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+        return self.process.returncode
+
+    def _log_tail(self, lines: int = 30) -> str:
+        if self.log_file is None or not self.log_file.is_file():
+            return ""
+        tail = self.log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+        return "\n--- tritonserver log (last lines) ---\n" + "\n".join(tail)
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

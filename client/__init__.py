@@ -1,0 +1,1 @@
+"""Clients of the served models (tritonclient library and the OpenAI-compatible proxy)."""

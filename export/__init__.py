@@ -1,0 +1,1 @@
+"""Checkpoint -> ONNX -> Triton model repository, with a parity check against PyTorch."""

@@ -1,0 +1,106 @@
+"""`bge-triton export`: checkpoint -> ONNX -> parity check -> Triton model repository."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bge_triton.model_facts import ModelFacts
+
+from .checkpoint import default_name, resolve_checkpoint
+from .onnx_export import convert_precision, encoder_input_names, export_encoder, export_pooling, load_encoder
+from .parity import PROBE_TEXTS, OnnxPipeline, ParityReport, TorchReference, compare
+from .repository import BatchingOptions, Target, write_repository
+
+log = logging.getLogger("bge_triton.export")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+
+
+class ParityError(RuntimeError):
+    """The exported graph does not reproduce the PyTorch reference closely enough."""
+
+    def __init__(self, report: ParityReport):
+        super().__init__(
+            f"parity check failed: min cosine {report.min_cosine:.6f} < {report.threshold} "
+            f"({report.precision}, {report.texts} texts, max abs diff {report.max_abs_diff:.3g})"
+        )
+        self.report = report
+
+
+@dataclass
+class ExportResult:
+    facts: ModelFacts
+    ensemble_dir: Path
+    parity: ParityReport
+    seconds: float
+
+
+def export_model(
+    model: str,
+    repository: Path,
+    *,
+    name: str | None = None,
+    precision: str = "fp32",
+    target: Target = "local",
+    opts: BatchingOptions | None = None,
+) -> ExportResult:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
+    started = time.perf_counter()
+    checkpoint = resolve_checkpoint(model)
+    facts = ModelFacts.from_checkpoint(checkpoint, name=name or default_name(model), source=model, precision=precision)
+    log.info(
+        "exporting %s from %s: dim %d, max %d tokens, %s pooling%s, %s, target %s",
+        facts.name, checkpoint, facts.dim, facts.max_tokens, facts.pooling,
+        " + normalize" if facts.normalize else "", precision, target,
+    )  # fmt: skip
+    torch_model = load_encoder(checkpoint)
+    with tempfile.TemporaryDirectory(prefix="bge-triton-export-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        tokenizer_json = _tokenizer_json(checkpoint, tmp)
+        fp32 = export_encoder(torch_model, facts, tmp / "encoder.fp32.onnx")
+        encoder = convert_precision(fp32, precision, tmp / f"encoder.{precision}.onnx")
+        pooling = export_pooling(facts, tmp / "pooling.onnx")
+        log.info("checking parity against PyTorch on %d probe texts", len(PROBE_TEXTS))
+        reference = TorchReference(checkpoint, facts, model=torch_model).embed(PROBE_TEXTS)
+        candidate = OnnxPipeline(tokenizer_json, encoder, pooling, facts).embed(PROBE_TEXTS)
+        report = compare(reference, candidate, precision)
+        log.info(
+            "parity %s: min cosine %.6f, mean %.6f, max abs diff %.3g (threshold %s)",
+            "ok" if report.passed else "FAILED", report.min_cosine, report.mean_cosine,
+            report.max_abs_diff, report.threshold,
+        )  # fmt: skip
+        if not report.passed:
+            raise ParityError(report)
+        ensemble_dir = write_repository(
+            repository,
+            facts,
+            tokenizer_json=tokenizer_json,
+            encoder_onnx=encoder,
+            pooling_onnx=pooling,
+            input_names=encoder_input_names(facts),
+            target=target,
+            opts=opts,
+            parity_json=report.to_json(),
+        )
+    seconds = time.perf_counter() - started
+    log.info("wrote %s (%.1f s)", ensemble_dir.parent, seconds)
+    return ExportResult(facts, ensemble_dir, report, seconds)
+
+
+def _tokenizer_json(checkpoint: Path, tmp: Path) -> Path:
+    """The checkpoint's tokenizer.json, or one converted from its slow-tokenizer files."""
+    own = checkpoint / "tokenizer.json"
+    if own.is_file():
+        return own
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    if not tokenizer.is_fast:
+        raise RuntimeError(f"{checkpoint} has no fast tokenizer (tokenizer.json) and none could be converted")
+    out = tmp / "tokenizer.json"
+    tokenizer.backend_tokenizer.save(str(out))
+    return out
