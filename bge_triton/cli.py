@@ -25,8 +25,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="hub id (BAAI/bge-large-zh-v1.5) or local checkpoint directory")
     p.add_argument("--name", help="served model name (default: the last part of --model)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
-    p.add_argument("--target", choices=("local", "container-gpu"), default="local",
-                   help="local: onnxruntime inside the Python backend; container-gpu: onnxruntime_onnx on GPU")  # fmt: skip
+    p.add_argument(
+        "--target",
+        choices=("local", "container-gpu"),
+        default="local",
+        help="local: onnxruntime inside the Python backend; container-gpu: onnxruntime_onnx on GPU",
+    )
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
@@ -53,15 +57,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except (CheckpointError, ParityError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"exported {result.facts.name} to {result.ensemble_dir.parent} "
-          f"(parity min cosine {result.parity.min_cosine:.6f})")  # fmt: skip
+    print(
+        f"exported {result.facts.name} to {result.ensemble_dir.parent} "
+        f"(parity min cosine {result.parity.min_cosine:.6f})"
+    )
     return 0
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run tritonserver on a model repository (default: the embedded model)")
-    p.add_argument("--repository", type=Path, default=None,
-                   help="model repository (default: the embedded all-MiniLM-L6-v2, exported on first run)")  # fmt: skip
+    p.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        help="model repository (default: the embedded all-MiniLM-L6-v2, exported on first run)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (Triton's own default is 0.0.0.0)")
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
@@ -104,8 +114,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 1
     log.info(
         "Triton ready on %s: HTTP %s  gRPC %s  metrics %s",
-        repository, options.http_url, options.grpc_url, options.metrics_url,
-    )  # fmt: skip
+        repository,
+        options.http_url,
+        options.grpc_url,
+        options.metrics_url,
+    )
     while not stop.is_set() and server.is_running():
         stop.wait(0.5)
     code = server.stop()
@@ -113,10 +126,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _add_bench_model(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("make-bench-model",
-                       help="build a randomly initialised checkpoint with a real model's exact config")  # fmt: skip
-    p.add_argument("--config-dir", type=Path, default=None,
-                   help="config + tokenizer directory (default: shared/models/bge-large-zh-v1.5)")  # fmt: skip
+    p = sub.add_parser(
+        "make-bench-model", help="build a randomly initialised checkpoint with a real model's exact config"
+    )
+    p.add_argument(
+        "--config-dir",
+        type=Path,
+        default=None,
+        help="config + tokenizer directory (default: shared/models/bge-large-zh-v1.5)",
+    )
     p.add_argument("--out", type=Path, required=True, help="where to save the checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_bench_model)

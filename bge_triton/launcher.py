@@ -60,7 +60,9 @@ def tritonserver_home() -> Path:
     try:
         import pytriton
     except ImportError as exc:
-        raise LaunchError("the tritonserver binary comes with the package nvidia-pytriton: pip install nvidia-pytriton") from exc
+        raise LaunchError(
+            "the tritonserver binary comes with the package nvidia-pytriton: pip install nvidia-pytriton"
+        ) from exc
     home = Path(pytriton.__file__).parent / "tritonserver"
     if not (home / "bin" / "tritonserver").is_file():
         raise LaunchError(f"no tritonserver binary under {home}")

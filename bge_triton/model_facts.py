@@ -24,7 +24,10 @@ FACTS_FILE = "model_facts.json"
 # They are not stored in the checkpoints' config files, so they are matched on the model id.
 _BGE_QUERY_INSTRUCTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"bge-(small|base|large)-zh(-v1\.5)?$", re.I), "为这个句子生成表示以用于检索相关文章："),
-    (re.compile(r"bge-(small|base|large)-en(-v1\.5)?$", re.I), "Represent this sentence for searching relevant passages: "),
+    (
+        re.compile(r"bge-(small|base|large)-en(-v1\.5)?$", re.I),
+        "Represent this sentence for searching relevant passages: ",
+    ),
 )
 
 # Positions some architectures reserve before the first token (RoBERTa/XLM-R: padding_idx + 1).

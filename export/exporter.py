@@ -11,7 +11,14 @@ from pathlib import Path
 from bge_triton.model_facts import ModelFacts
 
 from .checkpoint import default_name, resolve_checkpoint
-from .onnx_export import convert_precision, encoder_input_names, export_encoder, export_pooling, load_encoder
+from .onnx_export import (
+    INT8_SCOPES,
+    convert_precision,
+    encoder_input_names,
+    export_encoder,
+    export_pooling,
+    load_encoder,
+)
 from .parity import PROBE_TEXTS, OnnxPipeline, ParityReport, TorchReference, compare
 from .repository import BatchingOptions, Target, write_repository
 
@@ -62,17 +69,20 @@ def export_model(
         tmp = Path(tmp_dir)
         tokenizer_json = _tokenizer_json(checkpoint, tmp)
         fp32 = export_encoder(torch_model, facts, tmp / "encoder.fp32.onnx")
-        encoder = convert_precision(fp32, precision, tmp / f"encoder.{precision}.onnx")
         pooling = export_pooling(facts, tmp / "pooling.onnx")
         log.info("checking parity against PyTorch on %d probe texts", len(PROBE_TEXTS))
         reference = TorchReference(checkpoint, facts, model=torch_model).embed(PROBE_TEXTS)
-        candidate = OnnxPipeline(tokenizer_json, encoder, pooling, facts).embed(PROBE_TEXTS)
-        report = compare(reference, candidate, precision)
-        log.info(
-            "parity %s: min cosine %.6f, mean %.6f, max abs diff %.3g (threshold %s)",
-            "ok" if report.passed else "FAILED", report.min_cosine, report.mean_cosine,
-            report.max_abs_diff, report.threshold,
-        )  # fmt: skip
+        for scope in INT8_SCOPES if precision == "int8" else ("",):
+            encoder = convert_precision(fp32, precision, tmp / f"encoder.{precision}.onnx", int8_scope=scope)
+            candidate = OnnxPipeline(tokenizer_json, encoder, pooling, facts).embed(PROBE_TEXTS)
+            report = compare(reference, candidate, precision, int8_scope=scope)
+            log.info(
+                "parity %s%s: min cosine %.6f, mean %.6f, max abs diff %.3g (threshold %s)",
+                "ok" if report.passed else "FAILED", f" (int8 scope {scope})" if scope else "",
+                report.min_cosine, report.mean_cosine, report.max_abs_diff, report.threshold,
+            )  # fmt: skip
+            if report.passed:
+                break
         if not report.passed:
             raise ParityError(report)
         ensemble_dir = write_repository(

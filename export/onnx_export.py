@@ -117,7 +117,21 @@ def _export(module: nn.Module, args: tuple, out: Path, inputs: list[str], output
         )
 
 
-def convert_precision(fp32_path: Path, precision: str, out: Path) -> Path:
+# INT8 scopes, tried in order until parity holds: small models such as MiniLM lose too much
+# when the feed-forward projections (activations with outliers after GELU) are quantised too.
+INT8_SCOPES: tuple[str, ...] = ("all-matmuls", "keep-ffn-output-fp32", "attention-only")
+
+
+def _int8_excluded(graph_path: Path, scope: str) -> list[str]:
+    import onnx
+
+    names = [n.name for n in onnx.load(str(graph_path), load_external_data=False).graph.node if n.op_type == "MatMul"]
+    ffn_out = [n for n in names if "/output/dense/" in n and "/attention/" not in n]
+    ffn_in = [n for n in names if "/intermediate/" in n]
+    return {"all-matmuls": [], "keep-ffn-output-fp32": ffn_out, "attention-only": ffn_out + ffn_in}[scope]
+
+
+def convert_precision(fp32_path: Path, precision: str, out: Path, *, int8_scope: str = "all-matmuls") -> Path:
     """fp16 (inputs/outputs stay fp32 and int64) or int8 dynamic quantisation of an fp32 graph."""
     if precision == "fp32":
         return fp32_path
@@ -132,6 +146,20 @@ def convert_precision(fp32_path: Path, precision: str, out: Path) -> Path:
     if precision == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(fp32_path), str(out), weight_type=QuantType.QInt8, per_channel=True)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # quantize_dynamic warns on the root logger about pre-processing
+        try:
+            quantize_dynamic(
+                str(fp32_path),
+                str(out),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=["MatMul"],
+                nodes_to_exclude=_int8_excluded(fp32_path, int8_scope),
+                extra_options={"MatMulConstBOnly": True},  # weights only; activation x activation stays fp32
+            )
+        finally:
+            root.setLevel(level)
         return out
     raise ValueError(f"unknown precision {precision!r} (fp32, fp16, int8)")

@@ -45,6 +45,7 @@ class ParityReport:
     mean_cosine: float
     max_abs_diff: float
     passed: bool
+    int8_scope: str = ""  # which MatMuls were quantised (int8 only)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -113,7 +114,7 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1)
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, precision: str) -> ParityReport:
+def compare(reference: np.ndarray, candidate: np.ndarray, precision: str, int8_scope: str = "") -> ParityReport:
     cos = cosine_rows(reference, candidate)
     threshold = PARITY_THRESHOLDS[precision]
     return ParityReport(
@@ -124,4 +125,5 @@ def compare(reference: np.ndarray, candidate: np.ndarray, precision: str) -> Par
         mean_cosine=float(cos.mean()),
         max_abs_diff=float(np.abs(reference - candidate).max()),
         passed=bool(cos.min() >= threshold),
+        int8_scope=int8_scope,
     )

@@ -189,7 +189,9 @@ def parse_config(text: str) -> mc.ModelConfig:
     return text_format.Parse(text, mc.ModelConfig())
 
 
-def _write_model(root: Path, config: mc.ModelConfig, files: dict[str, Path], extra: dict[str, str] | None = None) -> None:
+def _write_model(
+    root: Path, config: mc.ModelConfig, files: dict[str, Path], extra: dict[str, str] | None = None
+) -> None:
     folder = root / config.name
     version = folder / "1"
     version.mkdir(parents=True)

@@ -100,7 +100,9 @@ class TritonPythonModel:
         pb = self._pb
         feeds: list[dict[str, np.ndarray]] = []
         for request in requests:
-            feeds.append({name: pb.get_input_tensor_by_name(request, name).as_numpy() for name in self._runner.input_names})
+            feeds.append(
+                {name: pb.get_input_tensor_by_name(request, name).as_numpy() for name in self._runner.input_names}
+            )
         try:
             answers = self._runner.run(feeds)
         except Exception as exc:  # answer the batch with the error rather than crash the stub

@@ -1,0 +1,149 @@
+"""Export: ONNX graphs, parity report, precisions, failure modes, the bench-model path."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from bge_triton.export import parity
+from bge_triton.export.bench_model import make_bench_model
+from bge_triton.export.checkpoint import (
+    EMBEDDED_DEFAULT_ID,
+    CheckpointError,
+    embedded_default_dir,
+    resolve_checkpoint,
+)
+from bge_triton.export.exporter import ExportResult, ParityError, export_model
+from bge_triton.export.onnx_export import INT8_SCOPES
+from bge_triton.export.parity import PROBE_TEXTS, OnnxPipeline, TorchReference
+
+from bge_triton import cli
+from bge_triton.model_facts import read_facts
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def test_parity_report_beside_the_encoder(exported: ExportResult) -> None:
+    report = json.loads((exported.ensemble_dir.parent / "all-MiniLM-L6-v2-encoder" / "parity.json").read_text())
+    assert report["texts"] == len(PROBE_TEXTS)
+    assert report["min_cosine"] >= 0.9999 and report["passed"] is True
+    assert report["max_abs_diff"] < 1e-4
+    assert {"mean_cosine", "threshold", "precision"} <= set(report)
+
+
+def test_encoder_graph_has_dynamic_batch_and_sequence_axes(exported: ExportResult) -> None:
+    graph = onnx.load(str(exported.ensemble_dir.parent / "all-MiniLM-L6-v2-encoder/1/model.onnx"))
+    assert max(op.version for op in graph.opset_import if op.domain in ("", "ai.onnx")) >= 17
+    for tensor in [*graph.graph.input, *graph.graph.output]:
+        dims = tensor.type.tensor_type.shape.dim
+        assert dims[0].dim_param == "batch" and dims[1].dim_param == "sequence", tensor.name
+    assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def test_facts_written_to_the_repository(exported: ExportResult) -> None:
+    facts = read_facts(exported.ensemble_dir)
+    assert facts == exported.facts
+    assert (facts.dim, facts.max_tokens, facts.pooling) == (384, 256, "mean")
+
+
+@pytest.mark.parametrize(("precision", "floor"), [("fp16", 0.999), ("int8", 0.99)])
+def test_reduced_precisions_pass_their_parity_floor(tmp_path: Path, precision: str, floor: float) -> None:
+    result = export_model(EMBEDDED_DEFAULT_ID, tmp_path / "repo", name="m", precision=precision)
+    assert result.parity.precision == precision and result.parity.threshold == floor
+    assert result.parity.min_cosine >= floor
+    assert json.loads((tmp_path / "repo/m-encoder/parity.json").read_text())["precision"] == precision
+    assert read_facts(result.ensemble_dir).precision == precision
+    if precision == "int8":
+        assert result.parity.int8_scope in INT8_SCOPES
+
+
+def test_export_fails_nonzero_when_parity_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(parity.PARITY_THRESHOLDS, "fp32", 1.5)  # unreachable
+    with pytest.raises(ParityError, match="parity check failed"):
+        export_model(EMBEDDED_DEFAULT_ID, tmp_path / "repo", name="m")
+    assert not (tmp_path / "repo" / "m").exists()  # nothing half-written
+    code = cli.main(["export", "--model", EMBEDDED_DEFAULT_ID, "--repository", str(tmp_path / "repo")])
+    assert code == 1
+
+
+def test_onnx_pipeline_truncates_like_transformers(exported: ExportResult) -> None:
+    repo = exported.ensemble_dir.parent
+    pipeline = OnnxPipeline(
+        repo / "all-MiniLM-L6-v2-tokenizer/1/tokenizer.json",
+        repo / "all-MiniLM-L6-v2-encoder/1/model.onnx",
+        repo / "all-MiniLM-L6-v2-pooling/1/model.onnx",
+        exported.facts,
+    )
+    texts = ["short", "word " * 1000]
+    batch = pipeline.tokenizer.encode(texts)
+    ref = TorchReference(embedded_default_dir(), exported.facts)
+    assert batch.token_count.tolist() == ref.token_counts(texts) == [3, 256]
+    assert batch.full_token_count.tolist() == [3, 1002]
+    assert batch.input_ids.shape[1] == 256 and batch.input_ids.shape[1] % 8 == 0
+    cos = parity.cosine_rows(pipeline.embed(texts), ref.embed(texts))
+    assert cos.min() >= 0.9999
+
+
+def test_local_checkpoint_directory_and_missing_paths(tmp_path: Path) -> None:
+    assert resolve_checkpoint(str(embedded_default_dir())) == embedded_default_dir()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_checkpoint(str(tmp_path / "nope"))
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
+        resolve_checkpoint(str(tmp_path))
+
+
+def _offline_env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+
+
+def test_hub_id_offline_fails_in_one_clear_line(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bge_triton", "export", "--model", "BAAI/bge-large-zh-v1.5", "--repository",
+         str(tmp_path / "repo")],
+        env=_offline_env(tmp_path), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out.stderr
+    assert "BAAI/bge-large-zh-v1.5" in errors[0] and "local directory" in errors[0]
+    assert "Traceback" not in out.stderr
+
+
+def test_hub_id_loads_from_the_hub_cache_offline(tmp_path: Path) -> None:
+    """The real hub code path (snapshot_download) resolves a cached repo without network."""
+    snapshot = tmp_path / "hf/hub/models--acme--minilm/snapshots/0123456789abcdef"
+    shutil.copytree(embedded_default_dir(), snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs/main").write_text("0123456789abcdef")
+    code = "from bge_triton.export.checkpoint import resolve_checkpoint; print(resolve_checkpoint('acme/minilm'))"
+    out = subprocess.run([sys.executable, "-c", code], env=_offline_env(tmp_path), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()) == snapshot
+
+
+def test_bench_model_goes_through_the_same_export(tmp_path: Path) -> None:
+    """A random-init model from bge-large-zh-v1.5's config and tokenizer (shrunk here to stay fast)."""
+    config_dir = tmp_path / "bge-config"
+    shutil.copytree(SHARED / "models/bge-large-zh-v1.5", config_dir)
+    cfg = json.loads((config_dir / "config.json").read_text())
+    cfg |= {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
+    (config_dir / "config.json").write_text(json.dumps(cfg))
+    ckpt = make_bench_model(config_dir, tmp_path / "bge-large-zh-v1.5", seed=0)
+    result = export_model(str(ckpt), tmp_path / "repo")
+    facts = result.facts
+    assert facts.name == "bge-large-zh-v1.5" and facts.dim == 64 and facts.max_tokens == 512
+    assert facts.pooling == "cls" and facts.normalize
+    assert facts.query_instruction == "为这个句子生成表示以用于检索相关文章："
+    assert result.parity.min_cosine >= 0.9999
+    # Same seed, same weights: the random model is reproducible.
+    again = make_bench_model(config_dir, tmp_path / "again", seed=0)
+    ref_a = TorchReference(ckpt, facts).embed(["向量"])
+    ref_b = TorchReference(again, facts).embed(["向量"])
+    np.testing.assert_allclose(ref_a, ref_b, atol=1e-6)

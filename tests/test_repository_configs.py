@@ -1,0 +1,96 @@
+"""Generated config.pbtxt files parse as Triton ModelConfig, for both encoder targets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from bge_triton.export.exporter import ExportResult
+from bge_triton.export.onnx_export import encoder_input_names
+from bge_triton.export.repository import BatchingOptions, write_repository
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from bge_triton.model_facts import ModelFacts
+
+
+def _parse(path: Path) -> mc.ModelConfig:
+    return text_format.Parse(path.read_text(encoding="utf-8"), mc.ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def both_targets(exported: ExportResult, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    repo = exported.ensemble_dir.parent
+    name = exported.facts.name
+    out = {}
+    for target in ("local", "container-gpu"):
+        dest = tmp_path_factory.mktemp(target)
+        write_repository(
+            dest,
+            exported.facts,
+            tokenizer_json=repo / f"{name}-tokenizer/1/tokenizer.json",
+            encoder_onnx=repo / f"{name}-encoder/1/model.onnx",
+            pooling_onnx=repo / f"{name}-pooling/1/model.onnx",
+            input_names=encoder_input_names(exported.facts),
+            target=target,  # type: ignore[arg-type]
+            opts=BatchingOptions(max_batch_size=32),
+        )
+        out[target] = dest
+    return out
+
+
+@pytest.mark.parametrize("target", ["local", "container-gpu"])
+def test_every_config_parses(both_targets: dict[str, Path], target: str) -> None:
+    configs = sorted(both_targets[target].glob("*/config.pbtxt"))
+    assert [p.parent.name for p in configs] == [
+        "all-MiniLM-L6-v2", "all-MiniLM-L6-v2-encoder", "all-MiniLM-L6-v2-pooling", "all-MiniLM-L6-v2-tokenizer",
+    ]  # fmt: skip
+    for path in configs:
+        config = _parse(path)
+        assert config.name == path.parent.name
+        assert config.max_batch_size == 32
+        assert (path.parent / "1").is_dir()
+
+
+def test_targets_differ_only_in_encoder_and_pooling(both_targets: dict[str, Path]) -> None:
+    local, gpu = both_targets["local"], both_targets["container-gpu"]
+    for model in ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2-tokenizer"):
+        assert (local / model / "config.pbtxt").read_text() == (gpu / model / "config.pbtxt").read_text()
+    for model in ("all-MiniLM-L6-v2-encoder", "all-MiniLM-L6-v2-pooling"):
+        lc, gc = _parse(local / model / "config.pbtxt"), _parse(gpu / model / "config.pbtxt")
+        assert lc.backend == "python" and not lc.platform
+        assert lc.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+        assert all(i.allow_ragged_batch for i in lc.input)
+        assert (local / model / "1/model.py").is_file()
+        assert gc.platform == "onnxruntime_onnx" and gc.default_model_filename == "model.onnx"
+        assert gc.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+        assert not any(i.allow_ragged_batch for i in gc.input)
+        assert not (gpu / model / "1/model.py").exists()
+        # the very same ONNX file for both targets
+        assert (local / model / "1/model.onnx").read_bytes() == (gpu / model / "1/model.onnx").read_bytes()
+
+
+def test_ensemble_chains_tokenizer_encoder_pooling(both_targets: dict[str, Path], exported: ExportResult) -> None:
+    config = _parse(both_targets["local"] / "all-MiniLM-L6-v2/config.pbtxt")
+    assert config.platform == "ensemble"
+    steps = config.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == [
+        "all-MiniLM-L6-v2-tokenizer", "all-MiniLM-L6-v2-encoder", "all-MiniLM-L6-v2-pooling",
+    ]  # fmt: skip
+    assert dict(steps[2].output_map) == {"embedding": "EMBEDDING"}
+    assert [(o.name, list(o.dims)) for o in config.output] == [
+        ("EMBEDDING", [384]), ("TOKEN_COUNT", [1]), ("FULL_TOKEN_COUNT", [1]),
+    ]  # fmt: skip
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert ModelFacts.from_parameters(params) == exported.facts
+    saved = json.loads((both_targets["local"] / "all-MiniLM-L6-v2/model_facts.json").read_text())
+    assert ModelFacts.from_dict(saved) == exported.facts
+
+
+def test_dynamic_batching_configured(both_targets: dict[str, Path]) -> None:
+    for model in ("tokenizer", "encoder", "pooling"):
+        config = _parse(both_targets["local"] / f"all-MiniLM-L6-v2-{model}/config.pbtxt")
+        assert config.HasField("dynamic_batching")
+        assert list(config.dynamic_batching.preferred_batch_size) == [8, 16, 32]
+        assert config.dynamic_batching.max_queue_delay_microseconds == 2000
