@@ -21,7 +21,9 @@ def test_busy_port_is_refused_with_a_clear_message(repository: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        server = TritonServer(TritonOptions(repository, http_port=port, grpc_port=free_port(), metrics_port=free_port()))
+        server = TritonServer(
+            TritonOptions(repository, http_port=port, grpc_port=free_port(), metrics_port=free_port())
+        )
         with pytest.raises(LaunchError, match=f"HTTP port 127.0.0.1:{port} is already in use"):
             server.start()
         assert server.process is None

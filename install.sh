@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv and install bge-triton (with its test extras) into it.
+# torch is pinned first so pip takes the local CPU wheel where one exists (TORCH_SPEC overrides it).
+set -euo pipefail
+cd "$(dirname "$0")"
+python=${PYTHON:-python3}
+torch_spec=${TORCH_SPEC:-torch==2.13.0}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet "$torch_spec" -e ".[test]"
+echo "installed bge-triton into $(pwd)/.venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
