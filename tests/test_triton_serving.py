@@ -33,7 +33,7 @@ def client(triton: TritonOptions) -> grpcclient.InferenceServerClient:
 
 def _texts(n: int, seed: int = 7) -> list[str]:
     rng = random.Random(seed)
-    words = ["向量", "检索", "模型", "服务", "embedding", "search", "Triton", "latency", "北京", "上海", "batch", "token", "🙂"]
+    words = ["向量", "检索", "模型", "服务", "embedding", "search", "Triton", "latency", "北京", "上海", "token", "🙂"]
     return [f"{i}: " + " ".join(rng.choice(words) for _ in range(rng.randint(1, 60))) for i in range(n)]
 
 
