@@ -1,4 +1,5 @@
-"""Write a Triton model repository: `<name>` ensemble = `<name>-tokenizer` -> `-encoder` -> `-pooling`.
+"""Write a Triton model repository: `<name>` ensemble = `<name>-tokenizer` -> `-encoder` -> `-pooling`,
+and `<name>-ids`, the same chain for callers who send token ids instead of text.
 
 Configs are built as `ModelConfig` protobuf messages (tritonclient's `model_config_pb2`) and
 written with `text_format`, so every generated config.pbtxt parses as Triton's own schema.
@@ -47,25 +48,24 @@ class BatchingOptions:
 def model_names(name: str) -> dict[str, str]:
     return {
         "ensemble": name,
+        "ids_ensemble": f"{name}-ids",
         "tokenizer": f"{name}-tokenizer",
         "encoder": f"{name}-encoder",
         "pooling": f"{name}-pooling",
     }
 
 
-def _tensor(cls: type, name: str, dtype: str, dims: list[int], *, ragged: bool = False):
-    t = cls(name=name, data_type=TYPE[dtype], dims=dims)
+def _inp(name: str, dtype: str, dims: list[int], *, ragged: bool = False, optional: bool = False) -> mc.ModelInput:
+    t = mc.ModelInput(name=name, data_type=TYPE[dtype], dims=dims)
     if ragged:
         t.allow_ragged_batch = True
+    if optional:
+        t.optional = True
     return t
 
 
-def _inp(name: str, dtype: str, dims: list[int], *, ragged: bool = False) -> mc.ModelInput:
-    return _tensor(mc.ModelInput, name, dtype, dims, ragged=ragged)
-
-
 def _out(name: str, dtype: str, dims: list[int]) -> mc.ModelOutput:
-    return _tensor(mc.ModelOutput, name, dtype, dims)
+    return mc.ModelOutput(name=name, data_type=TYPE[dtype], dims=dims)
 
 
 def _set_params(config: mc.ModelConfig, params: dict[str, str]) -> None:
@@ -82,7 +82,9 @@ def _dynamic_batching(config: mc.ModelConfig, opts: BatchingOptions) -> None:
 def tokenizer_config(facts: ModelFacts, opts: BatchingOptions) -> mc.ModelConfig:
     config = mc.ModelConfig(name=model_names(facts.name)["tokenizer"], backend="python")
     config.max_batch_size = opts.max_batch_size
-    config.input.append(_inp("TEXT", "bytes", [1]))
+    # One of the two per request: the text ensemble sends TEXT, the token-id ensemble TOKEN_IDS.
+    config.input.append(_inp("TEXT", "bytes", [1], optional=True))
+    config.input.append(_inp("TOKEN_IDS", "int64", [-1], optional=True))
     for out in ("INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS"):
         config.output.append(_out(out, "int64", [-1]))
     config.output.append(_out("TOKEN_COUNT", "int64", [1]))
@@ -152,10 +154,15 @@ def pooling_config(facts: ModelFacts, target: Target, opts: BatchingOptions) -> 
     )
 
 
-def ensemble_config(facts: ModelFacts, opts: BatchingOptions, input_names: list[str]) -> mc.ModelConfig:
+def ensemble_config(
+    facts: ModelFacts, opts: BatchingOptions, input_names: list[str], *, ids: bool = False
+) -> mc.ModelConfig:
+    """`<name>`: TEXT in; `<name>-ids` (ids=True): TOKEN_IDS in (rows right-padded with -1)."""
     names = model_names(facts.name)
-    config = mc.ModelConfig(name=names["ensemble"], platform="ensemble", max_batch_size=opts.max_batch_size)
-    config.input.append(_inp("TEXT", "bytes", [1]))
+    source = ("TOKEN_IDS", "int64", [-1]) if ids else ("TEXT", "bytes", [1])
+    name = names["ids_ensemble"] if ids else names["ensemble"]
+    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=opts.max_batch_size)
+    config.input.append(_inp(*source))
     config.output.append(_out("EMBEDDING", "fp32", [facts.dim]))
     config.output.append(_out("TOKEN_COUNT", "int64", [1]))
     config.output.append(_out("FULL_TOKEN_COUNT", "int64", [1]))
@@ -164,7 +171,9 @@ def ensemble_config(facts: ModelFacts, opts: BatchingOptions, input_names: list[
         tokenizer_outputs["TOKEN_TYPE_IDS"] = "token_type_ids"
     tokenizer_outputs |= {"TOKEN_COUNT": "TOKEN_COUNT", "FULL_TOKEN_COUNT": "FULL_TOKEN_COUNT"}
     steps = config.ensemble_scheduling.step
-    steps.add(model_name=names["tokenizer"], model_version=-1, input_map={"TEXT": "TEXT"}, output_map=tokenizer_outputs)
+    steps.add(
+        model_name=names["tokenizer"], model_version=-1, input_map={source[0]: source[0]}, output_map=tokenizer_outputs
+    )
     steps.add(
         model_name=names["encoder"],
         model_version=-1,
@@ -214,7 +223,7 @@ def write_repository(
     opts: BatchingOptions | None = None,
     parity_json: str | None = None,
 ) -> Path:
-    """Write (or replace) the model's four folders in `repository`; returns the ensemble folder."""
+    """Write (or replace) the model's five folders in `repository`; returns the text ensemble's folder."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r} (local, container-gpu)")
     opts = opts or BatchingOptions()
@@ -238,6 +247,7 @@ def write_repository(
         )
         _write_model(staging, pooling_config(facts, target, opts), {"model.onnx": pooling_onnx, **runner})
         _write_model(staging, ensemble_config(facts, opts, input_names), {}, extra={FACTS_FILE: facts.to_json()})
+        _write_model(staging, ensemble_config(facts, opts, input_names, ids=True), {})
         for folder in names.values():
             dest = repository / folder
             if dest.exists():

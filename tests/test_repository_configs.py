@@ -44,7 +44,8 @@ def both_targets(exported: ExportResult, tmp_path_factory: pytest.TempPathFactor
 def test_every_config_parses(both_targets: dict[str, Path], target: str) -> None:
     configs = sorted(both_targets[target].glob("*/config.pbtxt"))
     assert [p.parent.name for p in configs] == [
-        "all-MiniLM-L6-v2", "all-MiniLM-L6-v2-encoder", "all-MiniLM-L6-v2-pooling", "all-MiniLM-L6-v2-tokenizer",
+        "all-MiniLM-L6-v2", "all-MiniLM-L6-v2-encoder", "all-MiniLM-L6-v2-ids", "all-MiniLM-L6-v2-pooling",
+        "all-MiniLM-L6-v2-tokenizer",
     ]  # fmt: skip
     for path in configs:
         config = _parse(path)
@@ -55,7 +56,7 @@ def test_every_config_parses(both_targets: dict[str, Path], target: str) -> None
 
 def test_targets_differ_only_in_encoder_and_pooling(both_targets: dict[str, Path]) -> None:
     local, gpu = both_targets["local"], both_targets["container-gpu"]
-    for model in ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2-tokenizer"):
+    for model in ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2-ids", "all-MiniLM-L6-v2-tokenizer"):
         assert (local / model / "config.pbtxt").read_text() == (gpu / model / "config.pbtxt").read_text()
     for model in ("all-MiniLM-L6-v2-encoder", "all-MiniLM-L6-v2-pooling"):
         lc, gc = _parse(local / model / "config.pbtxt"), _parse(gpu / model / "config.pbtxt")
@@ -94,3 +95,13 @@ def test_dynamic_batching_configured(both_targets: dict[str, Path]) -> None:
         assert config.HasField("dynamic_batching")
         assert list(config.dynamic_batching.preferred_batch_size) == [8, 16, 32]
         assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+
+
+def test_ids_ensemble_shares_the_chain_and_takes_token_ids(both_targets: dict[str, Path]) -> None:
+    config = _parse(both_targets["local"] / "all-MiniLM-L6-v2-ids/config.pbtxt")
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("TOKEN_IDS", mc.TYPE_INT64, [-1])]
+    steps = config.ensemble_scheduling.step
+    assert dict(steps[0].input_map) == {"TOKEN_IDS": "TOKEN_IDS"}
+    assert [s.model_name for s in steps[1:]] == ["all-MiniLM-L6-v2-encoder", "all-MiniLM-L6-v2-pooling"]
+    tokenizer = _parse(both_targets["local"] / "all-MiniLM-L6-v2-tokenizer/config.pbtxt")
+    assert [(i.name, i.optional) for i in tokenizer.input] == [("TEXT", True), ("TOKEN_IDS", True)]

@@ -94,8 +94,9 @@ def test_degenerate_texts_have_a_defined_vector(client, reference: TorchReferenc
 
 @pytest.mark.parametrize("raw", [b"\xed\xa0\x80", b"ok \xff\xfe", b"\xc3"], ids=["surrogate", "bad-bytes", "truncated"])
 def test_invalid_utf8_is_a_triton_error_and_the_server_keeps_serving(client, raw: bytes) -> None:
-    with pytest.raises(InferenceServerException, match="not valid UTF-8"):
+    with pytest.raises(InferenceServerException, match="not valid UTF-8") as caught:
         _infer(client, ["fine", raw])
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert _infer(client, ["still serving"])["EMBEDDING"].shape == (1, 384)
 
 
@@ -125,3 +126,33 @@ def test_metrics_endpoint_counts_inferences(triton: TritonOptions, client) -> No
     with urllib.request.urlopen(triton.metrics_url, timeout=5) as resp:
         body = resp.read().decode()
     assert f'nv_inference_request_success{{model="{MODEL}",version="1"}}' in body
+
+
+def _infer_ids(client: grpcclient.InferenceServerClient, rows: list[list[int]]) -> dict[str, np.ndarray]:
+    width = max(len(r) for r in rows)
+    data = np.array([r + [-1] * (width - len(r)) for r in rows], dtype=np.int64)
+    inp = grpcclient.InferInput("TOKEN_IDS", list(data.shape), "INT64")
+    inp.set_data_from_numpy(data)
+    result = client.infer(f"{MODEL}-ids", [inp])
+    return {name: result.as_numpy(name) for name in ("EMBEDDING", "TOKEN_COUNT", "FULL_TOKEN_COUNT")}
+
+
+def test_token_ids_embed_like_their_text(client, reference: TorchReference) -> None:
+    texts = ["hello world", "今天天气很好", "a longer sentence " * 200]
+    plain = [reference.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    with_specials = reference.tokenizer(texts[0])["input_ids"]  # [CLS] ... [SEP] given: not doubled
+    out = _infer_ids(client, [*plain, with_specials])
+    expected = reference.embed([*texts, texts[0]])
+    assert cosine_rows(out["EMBEDDING"], expected).min() >= 0.9999
+    assert out["TOKEN_COUNT"].ravel().tolist() == reference.token_counts([*texts, texts[0]])
+    assert out["FULL_TOKEN_COUNT"].ravel().tolist()[2] == len(plain[2]) + 2
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [([[30522]], "outside the vocabulary"), ([[-7]], "outside the vocabulary"), ([[5, -1, 6]], "padding before")],
+)
+def test_bad_token_ids_are_invalid_argument(client, rows: list[list[int]], message: str) -> None:
+    with pytest.raises(InferenceServerException, match=message) as caught:
+        _infer_ids(client, rows)
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"

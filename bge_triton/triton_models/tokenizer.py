@@ -1,15 +1,18 @@
-"""Triton Python-backend model: text -> token ids, attention mask, token type ids, token counts.
+"""Triton Python-backend model: text (or token ids) -> ids, attention mask, token type ids, counts.
 
 Export copies this file unchanged to `<name>-tokenizer/1/model.py`; it needs only numpy and the
 `tokenizers` package, so it runs in the NGC tritonserver image as well as in the local launcher.
 `TextTokenizer` is the tokenizer itself, importable without Triton (the export parity check uses it).
 
-Inputs  TEXT             BYTES  [batch, 1]   UTF-8 text
-Outputs INPUT_IDS        INT64  [batch, seq] padded to the request's longest text, rounded up
+Inputs  (exactly one per request; the `<name>` ensemble sends TEXT, `<name>-ids` sends TOKEN_IDS)
+        TEXT             BYTES  [batch, 1]   UTF-8 text
+        TOKEN_IDS        INT64  [batch, n]   the text's token ids, right-padded with -1; the model's
+                                             special tokens are added unless already there
+Outputs INPUT_IDS        INT64  [batch, seq] padded to the request's longest input, rounded up
         ATTENTION_MASK   INT64  [batch, seq]
         TOKEN_TYPE_IDS   INT64  [batch, seq]
         TOKEN_COUNT      INT64  [batch, 1]   tokens the encoder sees (after truncation)
-        FULL_TOKEN_COUNT INT64  [batch, 1]   tokens of the whole text (before truncation)
+        FULL_TOKEN_COUNT INT64  [batch, 1]   tokens of the whole input (before truncation)
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from tokenizers import Tokenizer
 
 
 class InvalidText(ValueError):
-    """A request carries something that is not UTF-8 text."""
+    """A request carries something that is not UTF-8 text or valid token ids."""
+
+
+ID_PADDING = -1  # right padding of TOKEN_IDS rows (never a valid id)
 
 
 @dataclass
@@ -33,6 +39,13 @@ class TokenizedBatch:
     token_type_ids: np.ndarray
     token_count: np.ndarray  # [batch] int64
     full_token_count: np.ndarray  # [batch] int64
+
+
+@dataclass
+class _Row:
+    ids: list[int]
+    type_ids: list[int]
+    full_count: int
 
 
 class TextTokenizer:
@@ -50,6 +63,17 @@ class TextTokenizer:
         self.max_tokens = max_tokens
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = max(1, pad_to_multiple_of)
+        self.vocab_size = self._full.get_vocab_size(with_added_tokens=True)
+        self.prefix, self.suffix = self._special_tokens()
+
+    def _special_tokens(self) -> tuple[list[int], list[int]]:
+        """The ids the post-processor puts before and after a single text ([CLS] / [SEP], <s> / </s>)."""
+        plain = self._full.encode("x", add_special_tokens=False).ids
+        full = self._full.encode("x").ids
+        for start in range(len(full) - len(plain) + 1):
+            if full[start : start + len(plain)] == plain:
+                return full[:start], full[start + len(plain) :]
+        return [], []
 
     def encode(self, texts: list[str]) -> TokenizedBatch:
         return self.encode_groups([texts])[0]
@@ -58,33 +82,61 @@ class TextTokenizer:
         """Tokenize several requests' texts in one parallel call; pad each group on its own."""
         flat = [t for group in groups for t in group]
         encodings = self._full.encode_batch(flat) if flat else []
-        full_counts = np.array([len(e.ids) for e in encodings], dtype=np.int64)
-        too_long = [i for i, n in enumerate(full_counts) if n > self.max_tokens]
+        rows = [_Row(e.ids, e.type_ids, len(e.ids)) for e in encodings]
+        too_long = [i for i, row in enumerate(rows) if row.full_count > self.max_tokens]
         if too_long:
-            for i, enc in zip(too_long, self._truncating.encode_batch([flat[i] for i in too_long]), strict=True):
-                encodings[i] = enc
+            truncated = self._truncating.encode_batch([flat[i] for i in too_long])
+            for i, enc in zip(too_long, truncated, strict=True):
+                rows[i] = _Row(enc.ids, enc.type_ids, rows[i].full_count)
         out: list[TokenizedBatch] = []
         start = 0
         for group in groups:
-            end = start + len(group)
-            out.append(self._pad(encodings[start:end], full_counts[start:end]))
-            start = end
+            out.append(self._pad(rows[start : start + len(group)]))
+            start += len(group)
         return out
 
-    def _pad(self, encodings: list, full_counts: np.ndarray) -> TokenizedBatch:
-        counts = np.array([len(e.ids) for e in encodings], dtype=np.int64)
+    def encode_ids(self, ids: np.ndarray) -> TokenizedBatch:
+        """Rows of token ids (right-padded with -1) -> a batch, special tokens added where missing."""
+        rows = []
+        for r, raw in enumerate(np.asarray(ids, dtype=np.int64).reshape(len(ids), -1)):
+            n = int((raw != ID_PADDING).sum())
+            if (raw[:n] == ID_PADDING).any():
+                raise InvalidText(f"TOKEN_IDS[{r}] has -1 padding before its last id")
+            valid = raw[:n]
+            bad = valid[(valid < 0) | (valid >= self.vocab_size)]
+            if len(bad):
+                raise InvalidText(
+                    f"TOKEN_IDS[{r}] holds id {int(bad[0])}, outside the vocabulary [0, {self.vocab_size})"
+                )
+            rows.append(self._with_special_tokens(valid.tolist()))
+        return self._pad(rows)
+
+    def _with_special_tokens(self, ids: list[int]) -> _Row:
+        pre, suf = self.prefix, self.suffix
+        if len(ids) >= len(pre) + len(suf) and ids[: len(pre)] == pre and (not suf or ids[-len(suf) :] == suf):
+            body = ids[len(pre) : len(ids) - len(suf)]
+        else:
+            body = ids
+        full_count = len(pre) + len(body) + len(suf)
+        body = body[: max(0, self.max_tokens - len(pre) - len(suf))]
+        merged = pre + body + suf
+        return _Row(merged, [0] * len(merged), full_count)
+
+    def _pad(self, rows: list[_Row]) -> TokenizedBatch:
+        counts = np.array([len(row.ids) for row in rows], dtype=np.int64)
         longest = int(counts.max()) if len(counts) else 1
         width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
         width = min(max(width, 1), max(self.max_tokens, longest))
-        ids = np.full((len(encodings), width), self.pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(encodings), width), dtype=np.int64)
-        types = np.zeros((len(encodings), width), dtype=np.int64)
-        for row, enc in enumerate(encodings):
-            n = len(enc.ids)
-            ids[row, :n] = enc.ids
-            mask[row, :n] = 1
-            types[row, :n] = enc.type_ids
-        return TokenizedBatch(ids, mask, types, counts, full_counts.copy())
+        ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        types = np.zeros((len(rows), width), dtype=np.int64)
+        for r, row in enumerate(rows):
+            n = len(row.ids)
+            ids[r, :n] = row.ids
+            mask[r, :n] = 1
+            types[r, :n] = row.type_ids
+        full = np.array([row.full_count for row in rows], dtype=np.int64)
+        return TokenizedBatch(ids, mask, types, counts, full)
 
 
 def decode_texts(raw: np.ndarray) -> list[str]:
@@ -128,30 +180,43 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         pb = self._pb
         responses: list = [None] * len(requests)
-        texts_per_request: list[tuple[int, list[str]]] = []
+        text_requests: list[tuple[int, list[str]]] = []
         for r, request in enumerate(requests):
             try:
-                tensor = pb.get_input_tensor_by_name(request, "TEXT")
-                if tensor is None:
-                    raise InvalidText("missing input TEXT")
-                texts_per_request.append((r, decode_texts(tensor.as_numpy())))
+                text = pb.get_input_tensor_by_name(request, "TEXT")
+                token_ids = pb.get_input_tensor_by_name(request, "TOKEN_IDS")
+                if (text is None) == (token_ids is None):
+                    raise InvalidText("send exactly one of TEXT and TOKEN_IDS")
+                if text is not None:
+                    text_requests.append((r, decode_texts(text.as_numpy())))
+                else:
+                    responses[r] = self._response(self._tokenizer.encode_ids(token_ids.as_numpy()))
             except InvalidText as exc:
-                responses[r] = pb.InferenceResponse(error=pb.TritonError(f"invalid input: {exc}"))
+                responses[r] = pb.InferenceResponse(error=self._invalid(f"invalid input: {exc}"))
         try:
-            batches = self._tokenizer.encode_groups([texts for _, texts in texts_per_request])
+            batches = self._tokenizer.encode_groups([texts for _, texts in text_requests])
         except Exception as exc:  # a tokenizer failure is these requests' error, not the server's
-            for r, _ in texts_per_request:
+            for r, _ in text_requests:
                 responses[r] = pb.InferenceResponse(error=pb.TritonError(f"tokenization failed: {exc}"))
             return responses
-        for (r, _), batch in zip(texts_per_request, batches, strict=True):
+        for (r, _), batch in zip(text_requests, batches, strict=True):
             # Each request is padded to its own longest text; the encoder re-pads across requests.
-            responses[r] = pb.InferenceResponse(
-                output_tensors=[
-                    pb.Tensor("INPUT_IDS", batch.input_ids),
-                    pb.Tensor("ATTENTION_MASK", batch.attention_mask),
-                    pb.Tensor("TOKEN_TYPE_IDS", batch.token_type_ids),
-                    pb.Tensor("TOKEN_COUNT", batch.token_count.reshape(-1, 1)),
-                    pb.Tensor("FULL_TOKEN_COUNT", batch.full_token_count.reshape(-1, 1)),
-                ]
-            )
+            responses[r] = self._response(batch)
         return responses
+
+    def _invalid(self, message: str):  # -> pb_utils.TritonError with code INVALID_ARG (gRPC 3, HTTP 400)
+        pb = self._pb
+        code = getattr(pb.TritonError, "INVALID_ARG", None)
+        return pb.TritonError(message) if code is None else pb.TritonError(message, code)
+
+    def _response(self, batch: TokenizedBatch):  # -> pb_utils.InferenceResponse
+        pb = self._pb
+        return pb.InferenceResponse(
+            output_tensors=[
+                pb.Tensor("INPUT_IDS", batch.input_ids),
+                pb.Tensor("ATTENTION_MASK", batch.attention_mask),
+                pb.Tensor("TOKEN_TYPE_IDS", batch.token_type_ids),
+                pb.Tensor("TOKEN_COUNT", batch.token_count.reshape(-1, 1)),
+                pb.Tensor("FULL_TOKEN_COUNT", batch.full_token_count.reshape(-1, 1)),
+            ]
+        )
