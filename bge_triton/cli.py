@@ -1,4 +1,4 @@
-"""The `bge-triton` command: export, serve, make-bench-model."""
+"""The `bge-triton` command: export, serve, serve-proxy, make-bench-model."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bge_triton.client.proxy.settings import ProxySettings
 
 log = logging.getLogger("bge_triton")
 
@@ -64,8 +68,53 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_proxy_args(p: argparse.ArgumentParser, *, port_flag: str) -> None:
+    p.add_argument(port_flag, dest="proxy_port", type=int, default=8080, help="OpenAI proxy port")
+    p.add_argument(
+        "--served-model",
+        dest="models",
+        action="append",
+        default=[],
+        help="serve only this model (repeatable; default: every embedding model in the repository)",
+    )
+    p.add_argument(
+        "--alias",
+        action="append",
+        default=[],
+        metavar="ALIAS=MODEL",
+        help="another name accepted in `model`, e.g. text-embedding-3-small=bge-large-zh-v1.5",
+    )
+    p.add_argument("--max-inputs", type=int, default=2048, help="inputs per /v1/embeddings request")
+    p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
+    p.add_argument("--max-in-flight", type=int, default=64, help="concurrent requests before 429")
+    p.add_argument("--request-timeout", type=float, default=60.0, help="seconds per Triton request")
+
+
+def _proxy_settings(args: argparse.Namespace, triton_url: str, protocol: str, host: str) -> ProxySettings:
+    from bge_triton.client.proxy.settings import ProxySettings
+
+    aliases = {}
+    for item in args.alias:
+        alias, sep, model = item.partition("=")
+        if not sep or not alias or not model:
+            raise SystemExit(f"error: --alias takes ALIAS=MODEL, got {item!r}")
+        aliases[alias] = model
+    return ProxySettings(
+        triton_url=triton_url,
+        protocol=protocol,
+        host=host,
+        port=args.proxy_port,
+        models=tuple(args.models),
+        aliases=aliases,
+        max_inputs=args.max_inputs,
+        max_body_bytes=args.max_body_bytes,
+        max_in_flight=args.max_in_flight,
+        request_timeout_s=args.request_timeout,
+    )
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run tritonserver on a model repository (default: the embedded model)")
+    p = sub.add_parser("serve", help="run tritonserver and the OpenAI proxy (default: the embedded model)")
     p.add_argument(
         "--repository",
         type=Path,
@@ -78,14 +127,19 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--log-verbose", type=int, default=0)
     p.add_argument("--ready-timeout", type=float, default=300.0)
+    p.add_argument("--no-proxy", action="store_true", help="run Triton only")
+    _add_proxy_args(p, port_flag="--proxy-port")
     p.set_defaults(func=_cmd_serve)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from bge_triton.default_repository import ensure_default_repository
-    from bge_triton.launcher import LaunchError, TritonOptions, TritonServer
+    from bge_triton.launcher import LaunchError, TritonOptions, TritonServer, ensure_port_free
 
+    server: TritonServer | None = None
     try:
+        if not args.no_proxy:
+            ensure_port_free(args.host, args.proxy_port, "proxy")
         repository = args.repository or ensure_default_repository()
         options = TritonOptions(
             repository=repository,
@@ -101,6 +155,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         def forward(signum: int, _frame: object) -> None:
             log.info("received %s: shutting down tritonserver", signal.Signals(signum).name)
+            assert server is not None
             server.signal(signum)
             stop.set()
 
@@ -109,7 +164,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         server.wait_ready(args.ready_timeout)
     except LaunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if "server" in locals():
+        if server is not None:
             server.stop()
         return 1
     log.info(
@@ -119,10 +174,36 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         options.grpc_url,
         options.metrics_url,
     )
-    while not stop.is_set() and server.is_running():
-        stop.wait(0.5)
-    code = server.stop()
-    return 0 if stop.is_set() else (code or 1)
+    if args.no_proxy:
+        while not stop.is_set() and server.is_running():
+            stop.wait(0.5)
+        code = server.stop()
+        return 0 if stop.is_set() else (code or 1)
+    from bge_triton.client.proxy.server import run_proxy
+
+    try:
+        if not stop.is_set():  # uvicorn handles SIGINT/SIGTERM from here on: drain, then return
+            run_proxy(_proxy_settings(args, options.grpc_url, "grpc", args.host))
+    finally:
+        log.info("stopping tritonserver")
+        server.stop()
+    return 0
+
+
+def _add_serve_proxy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve-proxy", help="run only the OpenAI proxy, in front of a Triton running elsewhere")
+    p.add_argument("--triton-url", default="127.0.0.1:8001", help="Triton's gRPC (or HTTP) address, host:port")
+    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    p.add_argument("--host", default="127.0.0.1")
+    _add_proxy_args(p, port_flag="--port")
+    p.set_defaults(func=_cmd_serve_proxy)
+
+
+def _cmd_serve_proxy(args: argparse.Namespace) -> int:
+    from bge_triton.client.proxy.server import run_proxy
+
+    run_proxy(_proxy_settings(args, args.triton_url, args.protocol, args.host))
+    return 0
 
 
 def _add_bench_model(sub: argparse._SubParsersAction) -> None:
@@ -156,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_export(sub)
     _add_serve(sub)
+    _add_serve_proxy(sub)
     _add_bench_model(sub)
     return parser
 

@@ -1,1 +1,47 @@
 """Clients of the served models (tritonclient library and the OpenAI-compatible proxy)."""
+
+from .errors import (
+    EmbeddingError,
+    InputTooLong,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    RequestTimeout,
+    ServerError,
+    ServerUnavailable,
+    from_triton_exception,
+)
+from .triton_client import (
+    AsyncEmbeddingClient,
+    EmbeddingClient,
+    EmbeddingResult,
+    as_id_rows,
+    as_text_list,
+    instruction,
+    list_models,
+    list_models_async,
+    with_instruction,
+)
+
+__all__ = [
+    "AsyncEmbeddingClient",
+    "EmbeddingClient",
+    "EmbeddingError",
+    "EmbeddingResult",
+    "InputTooLong",
+    "InvalidInput",
+    "ModelNotFound",
+    "ModelNotReady",
+    "Overloaded",
+    "RequestTimeout",
+    "ServerError",
+    "ServerUnavailable",
+    "as_id_rows",
+    "as_text_list",
+    "from_triton_exception",
+    "instruction",
+    "list_models",
+    "list_models_async",
+    "with_instruction",
+]

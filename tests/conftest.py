@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from bge_triton.export.checkpoint import EMBEDDED_DEFAULT_ID, EMBEDDED_DEFAULT_NAME, embedded_default_dir
 from bge_triton.export.exporter import ExportResult, export_model
 from bge_triton.export.parity import TorchReference
-
 from bge_triton.launcher import TritonOptions, TritonServer, free_port
 from bge_triton.model_facts import ModelFacts
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
+from bge_triton import cli
 from bge_triton.export import parity
 from bge_triton.export.bench_model import make_bench_model
 from bge_triton.export.checkpoint import (
@@ -23,8 +25,6 @@ from bge_triton.export.checkpoint import (
 from bge_triton.export.exporter import ExportResult, ParityError, export_model
 from bge_triton.export.onnx_export import INT8_SCOPES
 from bge_triton.export.parity import PROBE_TEXTS, OnnxPipeline, TorchReference
-
-from bge_triton import cli
 from bge_triton.model_facts import read_facts
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

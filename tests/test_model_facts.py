@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from bge_triton.export.checkpoint import embedded_default_dir
 
+from bge_triton.export.checkpoint import embedded_default_dir
 from bge_triton.model_facts import FactsError, ModelFacts
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

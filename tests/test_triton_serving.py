@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from bge_triton.export.parity import TorchReference, cosine_rows
 from tritonclient.utils import InferenceServerException
 
+from bge_triton.export.parity import TorchReference, cosine_rows
 from bge_triton.launcher import TritonOptions
 
 MODEL = "all-MiniLM-L6-v2"

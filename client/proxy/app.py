@@ -1,0 +1,263 @@
+"""The FastAPI application: `/v1/embeddings`, `/v1/models`, `/health`, `/ready`, `/metrics`."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bge_triton import __version__
+
+from ..triton_client import EmbeddingResult
+from .errors import ERROR_TYPES, ProxyError, error_response, install_error_handlers
+from .metrics import ProxyMetrics
+from .registry import ModelRegistry
+from .schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelCard, ModelList
+from .settings import ProxySettings
+
+log = logging.getLogger("bge_triton.proxy")
+ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 503)}
+
+
+class OrjsonResponse(JSONResponse):
+    """JSON with numpy arrays written directly (embeddings are most of the bytes)."""
+
+    def render(self, content: object) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class BodySizeLimit:
+    """413 for bodies over the limit: by Content-Length before reading, or as soon as the
+    streamed body passes the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._reject(scope, send)
+            return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._reject(scope, send)
+
+    async def _reject(self, scope: Scope, send: Send) -> None:
+        response = error_response(413, f"request body is larger than {self.max_bytes} bytes", code="body_too_large")
+        await response(scope, _empty_receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _empty_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def create_app(settings: ProxySettings) -> FastAPI:
+    registry = ModelRegistry(settings)
+    metrics = ProxyMetrics()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            await registry.discover()
+        except Exception as exc:  # Triton may start after us; /ready says so meanwhile
+            log.warning("Triton at %s not available yet (%s); will retry on demand", settings.triton_url, exc)
+        yield
+        await registry.close()
+
+    app = FastAPI(
+        title="bge-triton OpenAI-compatible embeddings",
+        version=__version__,
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
+    app.state.registry = registry
+    app.state.metrics = metrics
+    app.state.in_flight = 0
+    install_error_handlers(app, settings.retry_after_s)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        response = await call_next(request)
+        elapsed = time.perf_counter() - started
+        model = getattr(request.state, "model", "")
+        endpoint = request.url.path
+        status = str(response.status_code)
+        metrics.requests.labels(endpoint, model, status).inc()
+        metrics.latency.labels(endpoint, model, status).observe(elapsed)
+        if response.status_code >= 400:
+            metrics.errors.labels(ERROR_TYPES.get(response.status_code, "server_error")).inc()
+        log.info(
+            "%s %s model=%s inputs=%s tokens=%s status=%d %.1fms",
+            request.method, endpoint, model or "-", getattr(request.state, "inputs", "-"),
+            getattr(request.state, "tokens", "-"), response.status_code, elapsed * 1000,
+        )  # fmt: skip
+        return response
+
+    @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
+    @app.post("/embeddings", include_in_schema=False)
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+        if app.state.in_flight >= settings.max_in_flight:
+            metrics.rejected.inc()
+            raise ProxyError(429, f"too many requests in flight ({settings.max_in_flight}); retry later",
+                             code="overloaded")  # fmt: skip
+        app.state.in_flight += 1
+        metrics.in_flight.inc()
+        try:
+            return await _embed(body, request)
+        finally:
+            app.state.in_flight -= 1
+            metrics.in_flight.dec()
+
+    async def _embed(body: EmbeddingRequest, request: Request) -> Response:
+        name, client = await registry.get(body.model)
+        request.state.model = name
+        facts = client.facts
+        kind, items = _normalise_input(body.input, settings.max_inputs)
+        request.state.inputs = len(items)
+        if body.dimensions is not None and body.dimensions > facts.dim:
+            raise ProxyError(400, f"dimensions must be at most {facts.dim} for {name}", param="dimensions",
+                             code="invalid_value")  # fmt: skip
+        started = time.perf_counter()
+        if kind == "text":
+            result = await client.embed_with_usage(items, query=body.input_type == "query", truncate=body.truncate)
+        else:
+            result = await client.embed_token_ids(items, truncate=body.truncate)
+        metrics.triton_seconds.labels(name).observe(time.perf_counter() - started)
+        tokens = result.total_tokens
+        request.state.tokens = tokens
+        metrics.inputs.labels(name).observe(len(items))
+        metrics.tokens.labels(name).observe(tokens)
+        vectors = _shorten(result, body.dimensions)
+        if body.encoding_format == "base64":
+            data = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+        else:
+            data = list(vectors)
+        payload = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
+            "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return OrjsonResponse(payload)
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def list_models() -> ModelList:
+        await _discover_or_503()
+        return ModelList(data=[_card(name, facts) for name, facts in _served_names(registry, settings)])
+
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERROR_RESPONSES)
+    async def get_model(model_id: str) -> ModelCard:
+        _, client = await registry.get(model_id)
+        return _card(model_id, client.facts)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", responses=ERROR_RESPONSES)
+    async def ready() -> Response:
+        ok, reason = await registry.ready()
+        if not ok:
+            raise ProxyError(503, reason, code="not_ready")
+        return OrjsonResponse({"status": "ready", "models": list(registry.clients)})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def _discover_or_503() -> None:
+        try:
+            await registry.discover()
+        except ProxyError:
+            raise
+        except Exception as exc:
+            raise ProxyError(503, f"Triton is not available: {exc}", code="triton_unavailable") from None
+
+    return app
+
+
+def _served_names(registry: ModelRegistry, settings: ProxySettings):  # -> Iterator[tuple[str, ModelFacts]]
+    facts = registry.facts()
+    yield from facts.items()
+    for alias, target in settings.aliases.items():
+        if target in facts:
+            yield alias, facts[target]
+
+
+def _card(name: str, facts) -> ModelCard:  # facts: ModelFacts
+    return ModelCard(
+        id=name, dimensions=facts.dim, max_tokens=facts.max_tokens, pooling=facts.pooling,
+        query_instruction=facts.query_instruction,
+    )  # fmt: skip
+
+
+def _normalise_input(value: object, max_inputs: int) -> tuple[str, list]:
+    """("text", [str, ...]) or ("ids", [[int, ...], ...]) after OpenAI's own checks."""
+    if isinstance(value, str):
+        items: list = [value]
+        kind = "text"
+    elif isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        items, kind = [value], "ids"
+    elif isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+        items, kind = value, "ids"
+    else:
+        items, kind = list(value), "text"  # type: ignore[call-overload]
+    if not items:
+        raise ProxyError(400, "'input' must not be empty", param="input", code="invalid_value")
+    if len(items) > max_inputs:
+        raise ProxyError(400, f"'input' has {len(items)} items; at most {max_inputs} per request",
+                         param="input", code="too_many_inputs")  # fmt: skip
+    for index, item in enumerate(items):
+        if len(item) == 0:
+            what = "string" if kind == "text" else "token array"
+            raise ProxyError(400, f"input {index} is an empty {what}", param="input", code="invalid_value")
+        if kind == "ids" and min(item) < 0:
+            raise ProxyError(400, f"input {index} holds a negative token id", param="input", code="invalid_value")
+    return kind, items
+
+
+def _shorten(result: EmbeddingResult, dimensions: int | None) -> np.ndarray:
+    vectors = result.vectors
+    if dimensions is None or dimensions == vectors.shape[1]:
+        return vectors
+    short = vectors[:, :dimensions]
+    norms = np.linalg.norm(short, axis=1, keepdims=True)
+    return (short / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -1,0 +1,108 @@
+"""The one place where failures become HTTP statuses and OpenAI error JSON."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import EmbeddingError, InputTooLong, ModelNotFound, Overloaded
+from .schemas import error_body
+
+log = logging.getLogger("bge_triton.proxy")
+
+# status -> OpenAI error `type`
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+    504: "timeout_error",
+}
+RETRY_AFTER_STATUSES = (429, 503)
+
+
+class ProxyError(Exception):
+    """An answer that is an error: status, message and the OpenAI error fields."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+def error_response(
+    status: int, message: str, *, param: str | None = None, code: str | None = None, retry_after_s: int = 1
+) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after_s)} if status in RETRY_AFTER_STATUSES else None
+    body = error_body(message, ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+                      param, code)  # fmt: skip
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+def from_embedding_error(exc: EmbeddingError) -> ProxyError:
+    """Client-library errors (Triton's answers) as proxy errors."""
+    if isinstance(exc, InputTooLong):
+        return ProxyError(400, exc.message, param="input", code="context_length_exceeded")
+    if isinstance(exc, ModelNotFound):
+        return ProxyError(404, exc.message, param="model", code="model_not_found")
+    if isinstance(exc, Overloaded):
+        return ProxyError(429, exc.message, code="overloaded")
+    status = exc.status if exc.status in ERROR_TYPES else 500
+    return ProxyError(status, exc.message, code=type(exc).__name__)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    # Union members show up as loc parts like "str" / "list[str]": keep only real field names.
+    fields = [p for p in loc if not any(c in p for c in "[]") and p not in {"str", "int", "function-after"}]
+    param = ".".join(fields) or None
+    if first.get("type") == "json_invalid":
+        return f"request body is not valid JSON: {first.get('msg', '')}", None
+    if param and param.split(".")[0] == "input":
+        return (
+            "'input' must be a non-empty string, an array of strings, an array of token ids (integers) "
+            "or an array of token-id arrays",
+            "input",
+        )
+    return f"{param or 'body'}: {first.get('msg', 'invalid value')}", param
+
+
+def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
+    @app.exception_handler(ProxyError)
+    async def _proxy_error(_: Request, exc: ProxyError) -> JSONResponse:
+        return error_response(exc.status, exc.message, param=exc.param, code=exc.code, retry_after_s=retry_after_s)
+
+    @app.exception_handler(EmbeddingError)
+    async def _embedding_error(_: Request, exc: EmbeddingError) -> JSONResponse:
+        err = from_embedding_error(exc)
+        return error_response(err.status, err.message, param=err.param, code=err.code, retry_after_s=retry_after_s)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return error_response(400, message, param=param, code="invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), retry_after_s=retry_after_s)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error: %s", exc)
+        return error_response(500, "internal error in the proxy; see its log", code="internal_error")

@@ -1,0 +1,41 @@
+"""Prometheus metrics of the proxy (`GET /metrics`), on a registry of its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536, 262144)
+
+
+@dataclass
+class ProxyMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "bge_proxy_requests", "HTTP requests answered", ["endpoint", "model", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "bge_proxy_request_seconds", "HTTP request latency", ["endpoint", "model", "status"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inputs = Histogram(
+            "bge_proxy_inputs_per_request", "inputs per embeddings request", ["model"], buckets=COUNT_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.tokens = Histogram(
+            "bge_proxy_tokens_per_request", "tokens embedded per request", ["model"], buckets=TOKEN_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.errors = Counter("bge_proxy_errors", "error answers by type", ["type"], registry=r)
+        self.in_flight = Gauge("bge_proxy_in_flight_requests", "embeddings requests being served", registry=r)
+        self.rejected = Counter("bge_proxy_rejected", "requests refused with 429 (overload)", registry=r)
+        self.triton_seconds = Histogram(
+            "bge_proxy_triton_seconds", "time spent waiting for Triton per request", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip

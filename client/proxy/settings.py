@@ -1,0 +1,23 @@
+"""The proxy's configuration, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    triton_url: str = "127.0.0.1:8001"
+    protocol: str = "grpc"  # how the proxy talks to Triton: grpc or http
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Served models; empty = every model in the repository that carries model facts.
+    models: tuple[str, ...] = ()
+    # Extra names accepted in `model` (e.g. "text-embedding-3-small" -> "bge-large-zh-v1.5").
+    aliases: dict[str, str] = field(default_factory=dict)
+    max_inputs: int = 2048  # inputs per request
+    max_body_bytes: int = 16 * 1024 * 1024  # request bodies over this are answered 413 unread
+    max_in_flight: int = 64  # requests being served at once; more are answered 429
+    retry_after_s: int = 1  # the Retry-After of 429 and 503 answers
+    request_timeout_s: float = 60.0  # per Triton request
+    triton_concurrency: int = 8  # Triton requests in flight per proxy request
