@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bge_triton.launcher import LaunchError, TritonOptions, TritonServer, free_port
@@ -35,10 +36,11 @@ def test_missing_repository_is_refused(tmp_path: Path) -> None:
 
 
 def test_serve_exports_the_default_model_then_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
-    ports = [free_port() for _ in range(3)]
+    """`bge-triton serve` runs Triton and the OpenAI proxy; SIGTERM stops both."""
+    ports = [free_port() for _ in range(4)]
     env = {**os.environ, "BGE_TRITON_HOME": str(tmp_path / "home")}
     cmd = [sys.executable, "-m", "bge_triton", "serve", "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
-           "--metrics-port", str(ports[2])]  # fmt: skip
+           "--metrics-port", str(ports[2]), "--proxy-port", str(ports[3])]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     try:
@@ -49,7 +51,7 @@ def test_serve_exports_the_default_model_then_serves_and_stops_on_sigterm(tmp_pa
             if not line:
                 break
             lines.append(line)
-            if "Triton ready" in line:
+            if "Uvicorn running on" in line:
                 break
         output = "".join(lines)
         assert "first run: exporting the embedded default model all-MiniLM-L6-v2" in output, output[-3000:]
@@ -60,6 +62,12 @@ def test_serve_exports_the_default_model_then_serves_and_stops_on_sigterm(tmp_pa
         with urllib.request.urlopen(url, timeout=5) as resp:
             assert resp.status == 200
         assert (tmp_path / "home/model_repository/all-MiniLM-L6-v2/model_facts.json").is_file()
+        assert f"Uvicorn running on http://127.0.0.1:{ports[3]}" in output
+        proxy = f"http://127.0.0.1:{ports[3]}"
+        assert httpx.get(f"{proxy}/ready", timeout=10).status_code == 200
+        body = {"model": "all-MiniLM-L6-v2", "input": ["你好", "hello"]}
+        data = httpx.post(f"{proxy}/v1/embeddings", json=body, timeout=30).json()["data"]
+        assert [len(d["embedding"]) for d in data] == [384, 384]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
