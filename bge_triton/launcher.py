@@ -122,6 +122,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def _terminate_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when the launching process dies (even by
+    SIGKILL), so a killed launcher never leaves an orphaned tritonserver holding the ports."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class TritonServer:
     """One tritonserver process; use as a context manager or call start()/stop()."""
 
@@ -168,6 +179,7 @@ class TritonServer:
             stdout=stdout,
             stderr=subprocess.STDOUT if stdout else None,
             start_new_session=True,  # signals are forwarded by us, not by the terminal
+            preexec_fn=_terminate_with_parent,
         )
         log.debug("started tritonserver pid %d", self.process.pid)
 

@@ -78,3 +78,33 @@ def test_serve_exports_the_default_model_then_serves_and_stops_on_sigterm(tmp_pa
     for port in ports:
         with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
             sock.connect(("127.0.0.1", port))
+
+
+def test_tritonserver_does_not_outlive_a_killed_launcher(repository: Path, tmp_path: Path) -> None:
+    """SIGKILL the process that started Triton: Triton gets SIGTERM and exits, freeing its ports."""
+    ports = [free_port() for _ in range(3)]
+    env = {**os.environ, "BGE_TRITON_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, "-m", "bge_triton", "serve", "--no-proxy", "--repository", str(repository),
+           "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]  # fmt: skip
+    launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ready_url = f"http://127.0.0.1:{ports[0]}/v2/health/ready"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(ready_url, timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.3)
+    else:
+        launcher.kill()
+        pytest.fail("tritonserver did not become ready")
+    launcher.kill()
+    launcher.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(ready_url, timeout=1)
+            time.sleep(0.5)
+        except httpx.TransportError:
+            return
+    pytest.fail("tritonserver still answers after its launcher was killed")
