@@ -31,6 +31,10 @@ def test_compose_exports_for_the_gpu_target_and_serves_that_repository() -> None
     assert "./model_repository:/models:ro" in triton["volumes"]
     assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+    proxy = compose["services"]["proxy"]
+    assert proxy["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert proxy["command"][:2] == ["serve-proxy", "--triton-url=triton:8001"]
+    assert "/ready" in " ".join(proxy["healthcheck"]["test"])
     base = (ROOT / "deploy/triton.Dockerfile").read_text()
     assert "nvcr.io/nvidia/tritonserver:" in base and "tokenizers" in base  # the tokenizer model's import
 
