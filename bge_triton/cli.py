@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -40,6 +41,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
     p.add_argument("--encoder-instances", type=int, default=1)
     p.add_argument("--pad-to-multiple-of", type=int, default=8)
+    p.add_argument("--max-queue-size", type=int, default=512, help="Triton rejects requests past this queue length")
+    p.add_argument("--queue-timeout-ms", type=int, default=30_000, help="Triton rejects requests queued longer")
     p.set_defaults(func=_cmd_export)
 
 
@@ -53,6 +56,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         max_queue_delay_us=args.max_queue_delay_us,
         encoder_instances=args.encoder_instances,
         pad_to_multiple_of=args.pad_to_multiple_of,
+        max_queue_size=args.max_queue_size,
+        queue_timeout_us=args.queue_timeout_ms * 1000,
     )
     try:
         result = export_model(
@@ -88,9 +93,24 @@ def _add_proxy_args(p: argparse.ArgumentParser, *, port_flag: str) -> None:
     p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
     p.add_argument("--max-in-flight", type=int, default=64, help="concurrent requests before 429")
     p.add_argument("--request-timeout", type=float, default=60.0, help="seconds per Triton request")
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help="accept only this key as 'Authorization: Bearer KEY' (repeatable; also $BGE_TRITON_API_KEYS)",
+    )
+    p.add_argument("--api-key-file", type=Path, default=None, help="file with one API key per line")
+    p.add_argument("--protect-metrics", action="store_true", help="require an API key for /metrics as well")
+    p.add_argument(
+        "--grace-period",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests may take to finish after SIGTERM/SIGINT",
+    )
 
 
 def _proxy_settings(args: argparse.Namespace, triton_url: str, protocol: str, host: str) -> ProxySettings:
+    from bge_triton.client.proxy.auth import load_api_keys
     from bge_triton.client.proxy.settings import ProxySettings
 
     aliases = {}
@@ -110,6 +130,9 @@ def _proxy_settings(args: argparse.Namespace, triton_url: str, protocol: str, ho
         max_body_bytes=args.max_body_bytes,
         max_in_flight=args.max_in_flight,
         request_timeout_s=args.request_timeout,
+        api_keys=load_api_keys(args.api_key, args.api_key_file),
+        protect_metrics=args.protect_metrics,
+        grace_period_s=args.grace_period,
     )
 
 
@@ -128,13 +151,19 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-verbose", type=int, default=0)
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.add_argument("--no-proxy", action="store_true", help="run Triton only")
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        help="restarts of a dying tritonserver within 10 minutes before serve gives up",
+    )
     _add_proxy_args(p, port_flag="--proxy-port")
     p.set_defaults(func=_cmd_serve)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from bge_triton.default_repository import ensure_default_repository
-    from bge_triton.launcher import LaunchError, TritonOptions, TritonServer, ensure_port_free
+    from bge_triton.launcher import LaunchError, TritonOptions, TritonServer, TritonSupervisor, ensure_port_free
 
     server: TritonServer | None = None
     try:
@@ -174,20 +203,30 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         options.grpc_url,
         options.metrics_url,
     )
-    if args.no_proxy:
-        while not stop.is_set() and server.is_running():
-            stop.wait(0.5)
-        code = server.stop()
-        return 0 if stop.is_set() else (code or 1)
-    from bge_triton.client.proxy.server import run_proxy
+    # From here on the supervisor owns Triton: a signal only asks the launcher to stop (uvicorn
+    # installs its own handlers while it runs and re-raises the signal into these afterwards).
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    gave_up = threading.Event()
 
+    def give_up() -> None:  # Triton keeps dying: exit non-zero and let the orchestrator decide
+        gave_up.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    supervisor = TritonSupervisor(server, max_restarts=args.max_restarts, on_give_up=give_up)
+    supervisor.start()
     try:
-        if not stop.is_set():  # uvicorn handles SIGINT/SIGTERM from here on: drain, then return
+        if args.no_proxy:
+            while not stop.is_set() and not gave_up.is_set():
+                stop.wait(0.5)
+        elif not stop.is_set():  # uvicorn handles SIGINT/SIGTERM from here on: drain, then return
+            from bge_triton.client.proxy.server import run_proxy
+
             run_proxy(_proxy_settings(args, options.grpc_url, "grpc", args.host))
     finally:
         log.info("stopping tritonserver")
-        server.stop()
-    return 0
+        supervisor.stop()
+    return 1 if gave_up.is_set() else 0
 
 
 def _add_serve_proxy(sub: argparse._SubParsersAction) -> None:

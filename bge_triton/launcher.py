@@ -14,9 +14,11 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,6 +171,9 @@ class TritonServer:
         for what, port in (("HTTP", o.http_port), ("gRPC", o.grpc_port), ("metrics", o.metrics_port)):
             ensure_port_free(o.host, port, what)
         stdout = None
+        if self._log_handle is not None:  # left open by a process that died
+            self._log_handle.close()
+            self._log_handle = None
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = open(self.log_file, "ab")  # noqa: SIM115 - lives as long as the process
@@ -244,3 +249,83 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class TritonSupervisor:
+    """Restarts tritonserver when it dies unexpectedly: bounded restarts with exponential backoff,
+    each logged. Past `max_restarts` within `window_s` it gives up and calls `on_give_up` (the
+    launcher then exits non-zero, so a container orchestrator can take over)."""
+
+    def __init__(
+        self,
+        server: TritonServer,
+        *,
+        max_restarts: int = 5,
+        window_s: float = 600.0,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        ready_timeout_s: float = 300.0,
+        on_give_up: Callable[[], None] | None = None,
+    ):
+        self.server = server
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.ready_timeout_s = ready_timeout_s
+        self.on_give_up = on_give_up
+        self.restarts: list[float] = []  # monotonic times of restarts, for the window
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # no restart may start while stop() runs, and vice versa
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        # The watcher thread also starts the replacement servers; PR_SET_PDEATHSIG is tied to the
+        # thread that forks, so it lives until stop().
+        self._thread = threading.Thread(target=self._watch, name="triton-supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> int | None:
+        self._stopping.set()
+        with self._lock:
+            code = self.server.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        return code
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            process = self.server.process
+            if process is None or process.poll() is None:
+                self._stopping.wait(0.2)
+                continue
+            if self._stopping.is_set():
+                return
+            now = time.monotonic()
+            self.restarts = [t for t in self.restarts if now - t < self.window_s]
+            if len(self.restarts) >= self.max_restarts:
+                log.error(
+                    "tritonserver exited with code %s; %d restarts in the last %.0f s, giving up",
+                    process.returncode, len(self.restarts), self.window_s,
+                )  # fmt: skip
+                if self.on_give_up is not None:
+                    self.on_give_up()
+                return
+            delay = min(self.max_backoff_s, self.backoff_s * 2 ** len(self.restarts))
+            log.warning(
+                "tritonserver exited with code %s; restarting in %.1f s (restart %d of at most %d per %.0f s)",
+                process.returncode, delay, len(self.restarts) + 1, self.max_restarts, self.window_s,
+            )  # fmt: skip
+            if self._stopping.wait(delay):
+                return
+            self.restarts.append(time.monotonic())
+            try:
+                with self._lock:
+                    if self._stopping.is_set():
+                        return
+                    self.server.start()
+                self.server.wait_ready(self.ready_timeout_s)
+                log.info("tritonserver restarted and ready (pid %d)", self.server.process.pid)  # type: ignore[union-attr]
+            except LaunchError as exc:
+                if not self._stopping.is_set():
+                    log.error("restarting tritonserver failed: %s", exc)

@@ -43,6 +43,10 @@ class BatchingOptions:
     max_queue_delay_us: int = 2000
     encoder_instances: int = 1
     pad_to_multiple_of: int = 8
+    # Backstop for direct Triton callers: requests past this queue length, or waiting longer than
+    # this, are rejected ("Exceeds maximum queue size" / "Request timeout expired"), never queued forever.
+    max_queue_size: int = 512
+    queue_timeout_us: int = 30_000_000
 
 
 def model_names(name: str) -> dict[str, str]:
@@ -77,6 +81,11 @@ def _dynamic_batching(config: mc.ModelConfig, opts: BatchingOptions) -> None:
     preferred = [b for b in opts.preferred_batch_sizes if b <= opts.max_batch_size]
     config.dynamic_batching.preferred_batch_size.extend(preferred)
     config.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+    policy = config.dynamic_batching.default_queue_policy
+    policy.max_queue_size = opts.max_queue_size
+    policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = opts.queue_timeout_us
+    policy.allow_timeout_override = True
 
 
 def tokenizer_config(facts: ModelFacts, opts: BatchingOptions) -> mc.ModelConfig:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bge_triton.export.checkpoint import EMBEDDED_DEFAULT_ID, EMBEDDED_DEFAULT_NAME, embedded_default_dir
@@ -53,3 +59,58 @@ def triton(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield options
     finally:
         server.stop()
+
+
+@dataclass
+class Service:
+    """A process of ours (proxy or `bge-triton serve`) with its log file."""
+
+    url: str
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, timeout_s: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="session")
+def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Service]]:
+    """Start `python -m bge_triton ARGS...`, wait until `ready_path` answers 200 on `port`."""
+    started: list[Service] = []
+    logs = tmp_path_factory.mktemp("services")
+
+    def _spawn(args: list[str], *, port: int, ready_path: str = "/health", timeout_s: float = 180,
+               env: dict[str, str] | None = None) -> Service:  # fmt: skip
+        log = logs / f"{args[0]}-{port}.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bge_triton", *args], stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )  # fmt: skip
+        service = Service(f"http://127.0.0.1:{port}", log, process)
+        started.append(service)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{args[0]} exited with {process.returncode}:\n{service.log_text()[-4000:]}")
+            try:
+                if httpx.get(service.url + ready_path, timeout=2).status_code == 200:
+                    return service
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        service.stop()
+        raise RuntimeError(f"{args[0]} not ready after {timeout_s} s:\n{service.log_text()[-4000:]}")
+
+    yield _spawn
+    for service in started:
+        service.stop()

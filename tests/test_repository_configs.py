@@ -95,6 +95,9 @@ def test_dynamic_batching_configured(both_targets: dict[str, Path]) -> None:
         assert config.HasField("dynamic_batching")
         assert list(config.dynamic_batching.preferred_batch_size) == [8, 16, 32]
         assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+        policy = config.dynamic_batching.default_queue_policy
+        assert policy.max_queue_size == 512 and policy.timeout_action == mc.ModelQueuePolicy.REJECT
+        assert policy.default_timeout_microseconds == 30_000_000
 
 
 def test_ids_ensemble_shares_the_chain_and_takes_token_ids(both_targets: dict[str, Path]) -> None:

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bge_triton import __version__
 
 from ..triton_client import EmbeddingResult
+from .auth import ApiKeyAuth
 from .errors import ERROR_TYPES, ProxyError, error_response, install_error_handlers
 from .metrics import ProxyMetrics
 from .registry import ModelRegistry
@@ -111,6 +112,7 @@ def create_app(settings: ProxySettings) -> FastAPI:
     app.state.in_flight = 0
     install_error_handlers(app, settings.retry_after_s)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeyAuth, keys=settings.api_keys, protect_metrics=settings.protect_metrics)
 
     @app.middleware("http")
     async def access_log(request: Request, call_next):  # type: ignore[no-untyped-def]

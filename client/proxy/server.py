@@ -15,7 +15,7 @@ def build_server(settings: ProxySettings) -> uvicorn.Server:
         port=settings.port,
         log_config=None,  # log through the application's logging setup
         access_log=False,  # the app logs one line per request itself
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=max(1, round(settings.grace_period_s)),
     )
     return uvicorn.Server(config)
 

@@ -21,3 +21,9 @@ class ProxySettings:
     retry_after_s: int = 1  # the Retry-After of 429 and 503 answers
     request_timeout_s: float = 60.0  # per Triton request
     triton_concurrency: int = 8  # Triton requests in flight per proxy request
+    api_keys: tuple[str, ...] = ()  # empty: no authentication (any key is accepted)
+    protect_metrics: bool = False  # require a key for /metrics too
+    grace_period_s: float = 30.0  # on SIGTERM: how long in-flight requests may finish
+
+    def __repr__(self) -> str:  # never print the keys
+        return f"ProxySettings(triton_url={self.triton_url!r}, port={self.port}, api_keys={len(self.api_keys)} key(s))"
