@@ -270,6 +270,62 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from bge_triton.bench.harness import ALL_SYSTEMS
+
+    p = sub.add_parser("bench", help="benchmark Triton, the proxy, raw onnxruntime and peer tools side by side")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="the Hugging Face checkpoint (default: the embedded all-MiniLM-L6-v2)",
+    )
+    p.add_argument(
+        "--repository", type=Path, default=None, help="its exported model repository (default: the embedded model's)"
+    )
+    p.add_argument("--model", default=None, help="served name (default: the only model in the repository)")
+    p.add_argument("--workload", default="sentence", choices=("short", "sentence", "passage", "full", "mix"))
+    p.add_argument("--systems", default=",".join(ALL_SYSTEMS), help=f"comma-separated subset of {ALL_SYSTEMS}")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="thread budget of every system")
+    p.add_argument("--texts", type=int, default=256, help="texts in the saturation run")
+    p.add_argument("--queries", type=int, default=40, help="single-text requests per latency run")
+    p.add_argument("--batch", type=int, default=16, help="texts per request in the saturation run")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--out", type=Path, default=None, help="results folder (default: bench/results)")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from bge_triton.bench.harness import ALL_SYSTEMS, RESULTS_DIR, BenchOptions, run_bench
+    from bge_triton.default_repository import ensure_default_repository
+    from bge_triton.export.checkpoint import embedded_default_dir
+
+    repository = args.repository or ensure_default_repository()
+    model = args.model or _only_model(repository)
+    systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
+    unknown = [s for s in systems if s not in ALL_SYSTEMS]
+    if unknown:
+        print(f"error: unknown systems {unknown} (choose from {ALL_SYSTEMS})", file=sys.stderr)
+        return 2
+    opts = BenchOptions(
+        checkpoint=args.checkpoint or embedded_default_dir(), repository=repository, model=model,
+        workload=args.workload, systems=systems, threads=args.threads, texts=args.texts, queries=args.queries,
+        batch=args.batch, concurrency=args.concurrency, out_dir=args.out or RESULTS_DIR,
+    )  # fmt: skip
+    report = run_bench(opts)
+    failed = [name for name, r in report["systems"].items() if "error" in r]  # type: ignore[union-attr]
+    return 1 if failed else 0
+
+
+def _only_model(repository: Path) -> str:
+    from bge_triton.model_facts import FACTS_FILE
+
+    names = sorted(p.parent.name for p in repository.glob(f"*/{FACTS_FILE}"))
+    if len(names) != 1:
+        raise SystemExit(f"error: pass --model; {repository} holds {names or 'no models'}")
+    return names[0]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bge-triton", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -278,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_serve_proxy(sub)
     _add_bench_model(sub)
+    _add_bench(sub)
     return parser
 
 

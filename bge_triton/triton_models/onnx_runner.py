@@ -86,7 +86,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        threads = int(params.get("intra_op_threads", "0") or os.environ.get("BGE_TRITON_ORT_THREADS", "0"))
+        # intra-op threads: the config parameter, else $BGE_TRITON_ORT_THREADS, else onnxruntime's default
+        threads = int(params.get("intra_op_threads", "0")) or int(os.environ.get("BGE_TRITON_ORT_THREADS", "0"))
         self._runner = PaddedOnnxRunner(
             version_dir / params.get("onnx_file", "model.onnx"),
             threads=threads,

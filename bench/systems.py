@@ -1,0 +1,195 @@
+"""The systems compared: each can start, embed one request of texts, and name the processes it runs.
+
+In-process engines (onnxruntime, sentence-transformers) run their blocking call in a thread;
+servers (Triton via our client, the OpenAI proxy, infinity-emb) are called over loopback.
+perf_analyzer drives Triton itself and is handled by the runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bge_triton.launcher import TritonOptions, TritonServer, free_port
+from bge_triton.model_facts import read_facts
+
+BENCH_DIR = Path(__file__).resolve().parent
+INFINITY_BIN = BENCH_DIR / ".venv-infinity" / "bin" / "infinity_emb"
+
+
+@dataclass
+class Spec:
+    checkpoint: Path
+    repository: Path
+    model: str
+    threads: int
+    work_dir: Path
+
+
+@dataclass
+class System:
+    spec: Spec
+    name: str = "system"
+    pids: list[int] = field(default_factory=list)  # processes whose RSS counts, this one included
+
+    def start(self) -> None:
+        self.pids = [os.getpid()]
+
+    async def embed(self, texts: list[str]) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        pass
+
+
+class OnnxRuntimeSystem(System):
+    """The exported graphs in-process with onnxruntime: the limit of this stack on CPU."""
+
+    def start(self) -> None:
+        from bge_triton.export.parity import OnnxPipeline
+
+        repo, name = self.spec.repository, self.spec.model
+        facts = read_facts(repo / name)
+        self.pipeline = OnnxPipeline(
+            repo / f"{name}-tokenizer/1/tokenizer.json",
+            repo / f"{name}-encoder/1/model.onnx",
+            repo / f"{name}-pooling/1/model.onnx",
+            facts,
+            threads=self.spec.threads,
+        )
+        super().start()
+
+    async def embed(self, texts: list[str]) -> None:
+        await asyncio.to_thread(self.pipeline.embed, texts, len(texts))
+
+
+class SentenceTransformersSystem(System):
+    def start(self) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(self.spec.threads)
+        self.model = SentenceTransformer(str(self.spec.checkpoint), device="cpu")
+        self.model.max_seq_length = read_facts(self.spec.repository / self.spec.model).max_tokens
+        super().start()
+
+    async def embed(self, texts: list[str]) -> None:
+        await asyncio.to_thread(self.model.encode, texts, batch_size=len(texts), normalize_embeddings=True)
+
+
+class TritonSystem(System):
+    """Triton started on the repository, called with our async gRPC client."""
+
+    def start(self) -> None:
+        os.environ["BGE_TRITON_ORT_THREADS"] = str(self.spec.threads)
+        self.options = TritonOptions(
+            self.spec.repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
+        )
+        self.server = TritonServer(self.options, log_file=self.spec.work_dir / f"triton-{self.name}.log")
+        self.server.start()
+        self.server.wait_ready(600)
+        assert self.server.process is not None
+        self.pids = [self.server.process.pid]
+        self.client = None
+
+    async def embed(self, texts: list[str]) -> None:
+        if self.client is None:
+            from bge_triton.client import AsyncEmbeddingClient
+
+            self.client = AsyncEmbeddingClient(self.options.grpc_url, model=self.spec.model, max_concurrency=64)
+        await self.client.embed(texts)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+class ProxySystem(TritonSystem):
+    """Triton plus the OpenAI proxy, called over HTTP with base64 (what the openai SDK asks for)."""
+
+    def start(self) -> None:
+        super().start()
+        port = free_port()
+        self.proxy = _spawn(
+            [sys.executable, "-m", "bge_triton", "serve-proxy", "--triton-url", self.options.grpc_url,
+             "--port", str(port), "--max-in-flight", "1024"],
+            self.spec.work_dir / "proxy.log",
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{port}"
+        _wait(f"{self.url}/ready", self.proxy)
+        self.pids.append(self.proxy.pid)
+        self.http = httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64))
+
+    async def embed(self, texts: list[str]) -> None:
+        body = {"model": self.spec.model, "input": texts, "encoding_format": "base64"}
+        (await self.http.post(f"{self.url}/v1/embeddings", json=body)).raise_for_status()
+
+    def stop(self) -> None:
+        self.proxy.terminate()
+        self.proxy.wait(30)
+        super().stop()
+
+
+class InfinitySystem(System):
+    """infinity-emb's server (torch engine) from its own venv (bench/install_infinity.sh)."""
+
+    def start(self) -> None:
+        if not INFINITY_BIN.is_file():
+            raise RuntimeError(f"{INFINITY_BIN} missing: run bench/install_infinity.sh")
+        port = free_port()
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.spec.threads), "HF_HUB_OFFLINE": "1",
+               "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}  # fmt: skip
+        self.process = _spawn(
+            [str(INFINITY_BIN), "v2", "--model-id", str(self.spec.checkpoint), "--served-model-name",
+             self.spec.model, "--engine", "torch", "--device", "cpu", "--port", str(port), "--host", "127.0.0.1",
+             "--batch-size", "32", "--no-model-warmup"],
+            self.spec.work_dir / "infinity.log", env=env,
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{port}"
+        _wait(f"{self.url}/health", self.process, timeout_s=600)
+        self.pids = [self.process.pid]
+        self.http = httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64))
+
+    async def embed(self, texts: list[str]) -> None:
+        body = {"model": self.spec.model, "input": texts, "encoding_format": "float"}
+        (await self.http.post(f"{self.url}/embeddings", json=body)).raise_for_status()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+SYSTEMS: dict[str, type[System]] = {
+    "onnxruntime": OnnxRuntimeSystem,
+    "triton": TritonSystem,
+    "proxy": ProxySystem,
+    "sentence-transformers": SentenceTransformersSystem,
+    "infinity": InfinitySystem,
+}
+
+
+def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+
+
+def _wait(url: str, process: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {timeout_s} s")

@@ -1,0 +1,52 @@
+"""The benchmark harness at a tiny size: every system runs and the JSON report is well formed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bge_triton.bench.harness import ALL_SYSTEMS, BenchOptions, format_table, run_bench
+from bge_triton.bench.workloads import make_texts
+from bge_triton.export.checkpoint import embedded_default_dir
+from bge_triton.export.exporter import ExportResult
+from bge_triton.triton_models.tokenizer import TextTokenizer
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.mark.parametrize(("workload", "tokens"), [("short", 16), ("sentence", 64), ("passage", 256)])
+def test_workloads_are_defined_by_token_length(exported: ExportResult, workload: str, tokens: int) -> None:
+    repo, facts = exported.ensemble_dir.parent, exported.facts
+    tokenizer_json = repo / f"{facts.name}-tokenizer/1/tokenizer.json"
+    texts = make_texts(tokenizer_json, workload, 20, facts.max_tokens)
+    counts = TextTokenizer(tokenizer_json, facts.max_tokens, facts.pad_token_id).encode(texts).full_token_count
+    assert len(set(texts)) == 20  # English corpus for MiniLM: no CJK
+    assert not any("\u4e00" <= ch <= "\u9fff" for t in texts for ch in t)
+    assert abs(float(counts.mean()) - tokens) <= 1 and counts.max() <= tokens
+
+
+def test_chinese_text_for_the_bge_zh_vocabulary(tmp_path: Path) -> None:
+    texts = make_texts(SHARED / "models/bge-large-zh-v1.5/tokenizer.json", "mix", 50, 512)
+    assert all(any("\u4e00" <= ch <= "\u9fff" for ch in t) for t in texts)
+    assert len({len(t) for t in texts}) > 2  # the mix has several lengths
+
+
+def test_harness_runs_every_system_and_writes_json(exported: ExportResult, tmp_path: Path) -> None:
+    opts = BenchOptions(
+        checkpoint=embedded_default_dir(), repository=exported.ensemble_dir.parent, model=exported.facts.name,
+        workload="sentence", systems=ALL_SYSTEMS, texts=16, queries=4, batch=4, concurrency=2, out_dir=tmp_path,
+    )  # fmt: skip
+    report = run_bench(opts)
+    saved = json.loads(Path(str(report["path"])).read_text())
+    assert set(saved["systems"]) == set(ALL_SYSTEMS)
+    for name, result in saved["systems"].items():
+        assert "error" not in result, (name, result)
+        assert result["texts_per_s"] > 0 and result["tokens_per_s"] > result["texts_per_s"]
+        for run in ("latency_c1_ms", "latency_c8_ms"):
+            assert 0 < result[run]["p50"] <= result[run]["p95"] <= result[run]["p99"], (name, run)
+        assert result["peak_rss_mb"] > 0
+    assert saved["mean_tokens_per_text"] == pytest.approx(64, abs=1)
+    assert {"triton_vs_onnxruntime", "proxy_vs_onnxruntime", "triton_vs_infinity"} <= set(saved["ratios"])
+    assert "| onnxruntime" in format_table(saved) and "throughput ratios" in format_table(saved)
