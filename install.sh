@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install bge-triton (with its test extras) into it.
+#   ./install.sh                      the service and its tests
+#   ./install.sh --with-bench-tools   also the benchmark peers: NVIDIA perf_analyzer and infinity-emb
 # torch is pinned first so pip takes the local CPU wheel where one exists (TORCH_SPEC overrides it).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,3 +13,7 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "$torch_spec" -e ".[test]"
 echo "installed bge-triton into $(pwd)/.venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
+if [ "${1:-}" = "--with-bench-tools" ]; then
+  PATH="$(pwd)/.venv/bin:$PATH" bash bench/install_perf_analyzer.sh
+  bash bench/install_infinity.sh
+fi

@@ -136,17 +136,23 @@ def run_perf_analyzer(plan: Plan) -> dict[str, object]:
             singles = work / "pa-singles.json"
             write_input_data([[q] for q in plan.queries], singles)
             batches = work / "pa-batches.json"
-            write_input_data([plan.texts[i : i + plan.batch] for i in range(0, len(plan.texts), plan.batch)], batches)
+            groups = [plan.texts[i : i + plan.batch] for i in range(0, len(plan.texts), plan.batch)]
+            groups = [g for g in groups if len(g) == plan.batch] or groups[:1]  # perf_analyzer: equal batches
+            batch = write_input_data(groups, batches)
             url, model = triton.options.grpc_url, plan.spec.model
-            c1 = perf(model, url, singles, concurrency=1)
-            c8 = perf(model, url, singles, concurrency=plan.concurrency)
-            saturation = perf(model, url, batches, concurrency=plan.concurrency)
+            # fixed request counts (one window, no stability loop): bounded and comparable with the others
+            timeout = 600.0
+            c1 = perf(model, url, singles, concurrency=1, request_count=len(plan.queries), timeout_s=timeout)
+            c8 = perf(model, url, singles, concurrency=plan.concurrency, request_count=len(plan.queries),
+                      timeout_s=timeout)  # fmt: skip
+            saturation = perf(model, url, batches, concurrency=plan.concurrency, batch_size=batch,
+                              request_count=max(len(groups), plan.concurrency), timeout_s=timeout)  # fmt: skip
         texts_per_s = saturation.texts_per_s
         return {
             "texts_per_s": round(texts_per_s, 2),
             "tokens_per_s": round(texts_per_s * plan.tokens / len(plan.texts), 1),
-            "latency_c1_ms": c1.percentiles_ms(),
-            "latency_c8_ms": c8.percentiles_ms(),
+            "latency_c1_ms": {"p50": c1.p50_ms, "p95": c1.p95_ms, "p99": c1.p99_ms},
+            "latency_c8_ms": {"p50": c8.p50_ms, "p95": c8.p95_ms, "p99": c8.p99_ms},
             "peak_rss_mb": rss.peak // 2**20,
         }
     finally:

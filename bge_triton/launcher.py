@@ -251,6 +251,24 @@ class TritonServer:
         self.stop()
 
 
+def kill_orphaned_stubs(server_pid: int) -> list[int]:
+    """SIGKILL the Python-backend stubs of a tritonserver that died without stopping them.
+
+    A stub's command line carries its server's pid; after a SIGKILLed server, stubs were seen
+    lingering (reparented to init) with their model and shared memory still held."""
+    killed = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"triton_python_backend_stub") and str(server_pid).encode() in args[1:]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+    return killed
+
+
 class TritonSupervisor:
     """Restarts tritonserver when it dies unexpectedly: bounded restarts with exponential backoff,
     each logged. Past `max_restarts` within `window_s` it gives up and calls `on_give_up` (the
@@ -301,6 +319,9 @@ class TritonSupervisor:
                 continue
             if self._stopping.is_set():
                 return
+            orphans = kill_orphaned_stubs(process.pid)
+            if orphans:
+                log.warning("killed %d orphaned Python-backend stub(s) of the dead tritonserver", len(orphans))
             now = time.monotonic()
             self.restarts = [t for t in self.restarts if now - t < self.window_s]
             if len(self.restarts) >= self.max_restarts:

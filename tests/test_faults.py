@@ -277,6 +277,8 @@ def test_sigkilled_triton_answers_503_fast_and_is_restarted(
     assert after and all(o.status == 200 for o in after), summary
     assert served.process.poll() is None  # the proxy was not restarted
     assert _tritonserver(served).pid != old.pid
+    stubs = [p for p in psutil.process_iter(["cmdline"]) if str(old.pid) in (p.info["cmdline"] or [])]
+    assert not stubs, "the killed server's Python-backend stubs were left running"
     log = served.log_text()
     assert "tritonserver exited with code -9; restarting in" in log and "tritonserver restarted and ready" in log
 
