@@ -31,6 +31,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="served model name (default: the last part of --model)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
     p.add_argument(
+        "--optimize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run ONNX Runtime's transformer optimiser (fused attention, skip-layernorm, bias-gelu) on the fp32 "
+        "graph before fp16/int8 conversion; parity is checked on the result (default: --optimize)",
+    )
+    p.add_argument(
         "--target",
         choices=("local", "container-gpu"),
         default="local",
@@ -61,7 +68,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     )
     try:
         result = export_model(
-            args.model, args.repository, name=args.name, precision=args.precision, target=args.target, opts=opts
+            args.model,
+            args.repository,
+            name=args.name,
+            precision=args.precision,
+            target=args.target,
+            opts=opts,
+            optimize=args.optimize,
         )
     except (CheckpointError, ParityError) as exc:
         print(f"error: {exc}", file=sys.stderr)

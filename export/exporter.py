@@ -13,11 +13,13 @@ from bge_triton.model_facts import ModelFacts
 from .checkpoint import default_name, resolve_checkpoint
 from .onnx_export import (
     INT8_SCOPES,
+    config_attention_shape,
     convert_precision,
     encoder_input_names,
     export_encoder,
     export_pooling,
     load_encoder,
+    optimize_encoder,
 )
 from .parity import PROBE_TEXTS, OnnxPipeline, ParityReport, TorchReference, compare
 from .repository import BatchingOptions, Target, write_repository
@@ -53,36 +55,57 @@ def export_model(
     precision: str = "fp32",
     target: Target = "local",
     opts: BatchingOptions | None = None,
+    optimize: bool = True,
 ) -> ExportResult:
+    """Export `model` into `repository`; `optimize` runs ONNX Runtime's transformer optimiser (fused
+    attention, skip-layernorm, bias-gelu) on the fp32 graph before any precision conversion. When the
+    optimised graph misses the parity floor (or the optimiser fails), the unoptimised graph is tried."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
     started = time.perf_counter()
     checkpoint = resolve_checkpoint(model)
     facts = ModelFacts.from_checkpoint(checkpoint, name=name or default_name(model), source=model, precision=precision)
     log.info(
-        "exporting %s from %s: dim %d, max %d tokens, %s pooling%s, %s, target %s",
+        "exporting %s from %s: dim %d, max %d tokens, %s pooling%s, %s%s, target %s",
         facts.name, checkpoint, facts.dim, facts.max_tokens, facts.pooling,
-        " + normalize" if facts.normalize else "", precision, target,
+        " + normalize" if facts.normalize else "", precision, ", optimized" if optimize else "", target,
     )  # fmt: skip
     torch_model = load_encoder(checkpoint)
     with tempfile.TemporaryDirectory(prefix="bge-triton-export-") as tmp_dir:
         tmp = Path(tmp_dir)
         tokenizer_json = _tokenizer_json(checkpoint, tmp)
-        fp32 = export_encoder(torch_model, facts, tmp / "encoder.fp32.onnx")
+        plain = export_encoder(torch_model, facts, tmp / "encoder.fp32.onnx", fusable_attention=optimize)
         pooling = export_pooling(facts, tmp / "pooling.onnx")
+        graphs: list[tuple[Path, bool]] = [(plain, False)]
+        if optimize:
+            try:
+                heads, hidden = config_attention_shape(checkpoint)
+                optimized = optimize_encoder(plain, tmp / "encoder.fp32.opt.onnx", num_heads=heads, hidden_size=hidden)
+                graphs.insert(0, (optimized, True))
+            except Exception as exc:  # the optimiser is a speed-up, never a reason to fail the export
+                log.warning("transformer optimiser failed (%r); keeping the unoptimised graph", exc)
         log.info("checking parity against PyTorch on %d probe texts", len(PROBE_TEXTS))
         reference = TorchReference(checkpoint, facts, model=torch_model).embed(PROBE_TEXTS)
-        for scope in INT8_SCOPES if precision == "int8" else ("",):
-            encoder = convert_precision(fp32, precision, tmp / f"encoder.{precision}.onnx", int8_scope=scope)
-            candidate = OnnxPipeline(tokenizer_json, encoder, pooling, facts).embed(PROBE_TEXTS)
-            report = compare(reference, candidate, precision, int8_scope=scope)
-            log.info(
-                "parity %s%s: min cosine %.6f, mean %.6f, max abs diff %.3g (threshold %s)",
-                "ok" if report.passed else "FAILED", f" (int8 scope {scope})" if scope else "",
-                report.min_cosine, report.mean_cosine, report.max_abs_diff, report.threshold,
-            )  # fmt: skip
+        for fp32, is_optimized in graphs:
+            for scope in INT8_SCOPES if precision == "int8" else ("",):
+                suffix = ".opt" if is_optimized else ""
+                encoder = convert_precision(
+                    fp32, precision, tmp / f"encoder.{precision}{suffix}.onnx", int8_scope=scope, optimized=is_optimized
+                )
+                candidate = OnnxPipeline(tokenizer_json, encoder, pooling, facts).embed(PROBE_TEXTS)
+                report = compare(reference, candidate, precision, int8_scope=scope, optimized=is_optimized)
+                log.info(
+                    "parity %s%s%s: min cosine %.6f, mean %.6f, max abs diff %.3g (threshold %s)",
+                    "ok" if report.passed else "FAILED", " (optimized graph)" if is_optimized else "",
+                    f" (int8 scope {scope})" if scope else "",
+                    report.min_cosine, report.mean_cosine, report.max_abs_diff, report.threshold,
+                )  # fmt: skip
+                if report.passed:
+                    break
             if report.passed:
                 break
+            if is_optimized:
+                log.warning("the optimised graph misses the parity floor; trying the unoptimised graph")
         if not report.passed:
             raise ParityError(report)
         ensemble_dir = write_repository(

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from bge_triton.model_facts import ModelFacts
+
+if TYPE_CHECKING:
+    import onnx
 
 OPSET = 17
 SEQUENCE = "sequence"  # the dynamic axis name the ONNX runner pads along
@@ -73,7 +80,28 @@ def encoder_input_names(facts: ModelFacts) -> list[str]:
     return names
 
 
-def export_encoder(model: nn.Module, facts: ModelFacts, out: Path) -> Path:
+def export_encoder(model: nn.Module, facts: ModelFacts, out: Path, *, fusable_attention: bool = False) -> Path:
+    """The encoder as ONNX. `fusable_attention` traces the "eager" attention (explicit MatMul/Softmax), the
+    pattern ONNX Runtime's transformer optimiser fuses; the default SDPA export is a pattern it does not know."""
+    with _attention_implementation(model, "eager" if fusable_attention else None):
+        return _export_encoder(model, facts, out)
+
+
+@contextlib.contextmanager
+def _attention_implementation(model: nn.Module, implementation: str | None) -> Iterator[None]:
+    setter = getattr(model, "set_attn_implementation", None)
+    previous = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if implementation is None or setter is None or previous in (None, implementation):
+        yield
+        return
+    setter(implementation)
+    try:
+        yield
+    finally:
+        setter(previous)
+
+
+def _export_encoder(model: nn.Module, facts: ModelFacts, out: Path) -> Path:
     wrapper = EncoderForExport(model, facts.uses_token_type_ids).eval()
     names = encoder_input_names(facts)
     batch, seq = 2, 16
@@ -117,8 +145,96 @@ def _export(module: nn.Module, args: tuple, out: Path, inputs: list[str], output
         )
 
 
+def optimize_encoder(fp32_path: Path, out: Path, *, num_heads: int = 0, hidden_size: int = 0) -> Path:
+    """ONNX Runtime's transformer optimiser (model type "bert") on the fp32 encoder graph.
+
+    Fuses the embeddings (EmbedLayerNormalization), self-attention (Attention, packed QKV), residual +
+    LayerNorm (SkipLayerNormalization) and bias + GELU (BiasGelu) into com.microsoft operators that the
+    plain CPUExecutionProvider runs. It runs on the fp32 graph, before fp16 conversion or int8
+    quantisation (what ONNX Runtime's quantisation guide asks for transformer models). Only the Python
+    fusions run (opt_level 0): onnxruntime applies its own graph optimisations when a session loads the
+    model anyway, and its offline pass would rewrite opset imports and cannot write graphs over 2 GB.
+    The attention keeps the raw [batch, sequence] mask (not the "mask index" of right-padded lengths),
+    so any attention mask means what it means in PyTorch. Inputs, outputs and their axis names
+    ("batch", "sequence") are kept.
+    """
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+    from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    options.attention_mask_format = AttentionMaskFormat.AttentionMask
+    source = onnx.load(str(fp32_path), load_external_data=False)
+    external = any(uses_external_data(t) for t in source.graph.initializer)
+    with _quiet_root_logger():  # the optimiser logs every step at INFO
+        optimized = optimize_model(
+            str(fp32_path),
+            model_type="bert",
+            num_heads=num_heads,
+            hidden_size=hidden_size,
+            optimization_options=options,
+            opt_level=0,
+            use_gpu=False,
+        )
+        fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
+        _check_io_kept(source, optimized.model)
+        optimized.save_model_to_file(str(out), use_external_data_format=external)
+    log.info("transformer optimiser fused %s", ", ".join(f"{n} {op}" for op, n in fused.items()) or "nothing")
+    return out
+
+
+def fused_operators(graph_path: Path) -> dict[str, int]:
+    """com.microsoft operators in a graph and how many of each (what the optimiser fused)."""
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(graph_path), load_external_data=False).graph.node:
+        if node.domain == "com.microsoft":
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def config_attention_shape(checkpoint: Path) -> tuple[int, int]:
+    """(num_heads, hidden_size) from the checkpoint's config.json; 0 lets the optimiser read the graph."""
+    config = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8"))
+    return int(config.get("num_attention_heads") or 0), int(config.get("hidden_size") or 0)
+
+
+def _io_signature(model: onnx.ModelProto) -> list[tuple[str, int, list[str | int]]]:
+    tensors = [*model.graph.input, *model.graph.output]
+    return [
+        (t.name, t.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in t.type.tensor_type.shape.dim])
+        for t in tensors
+    ]
+
+
+def _check_io_kept(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
+    """The optimised graph must keep the names, types and axis names ("batch", "sequence") of its I/O."""
+    if _io_signature(before) != _io_signature(after):
+        raise RuntimeError(
+            f"the optimiser changed the graph's inputs/outputs: {_io_signature(before)} -> {_io_signature(after)}"
+        )
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime's Python tools warn on the root logger (pre-processing hints, shape inference)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 # INT8 scopes, tried in order until parity holds: small models such as MiniLM lose too much
 # when the feed-forward projections (activations with outliers after GELU) are quantised too.
+# The Q/K/V projections are quantised in every scope: as MatMuls in a plain graph, as the fused
+# Attention's packed weight (QAttention) in an optimised one. The FFN MatMuls keep their exported
+# names through the optimiser's fusions (their bias and GELU/residual fuse into the next node), so
+# the same name patterns find them in both graphs.
 INT8_SCOPES: tuple[str, ...] = ("all-matmuls", "keep-ffn-output-fp32", "attention-only")
 
 
@@ -128,11 +244,18 @@ def _int8_excluded(graph_path: Path, scope: str) -> list[str]:
     names = [n.name for n in onnx.load(str(graph_path), load_external_data=False).graph.node if n.op_type == "MatMul"]
     ffn_out = [n for n in names if "/output/dense/" in n and "/attention/" not in n]
     ffn_in = [n for n in names if "/intermediate/" in n]
-    return {"all-matmuls": [], "keep-ffn-output-fp32": ffn_out, "attention-only": ffn_out + ffn_in}[scope]
+    excluded = {"all-matmuls": [], "keep-ffn-output-fp32": ffn_out, "attention-only": ffn_out + ffn_in}[scope]
+    if scope != "all-matmuls" and not excluded:
+        log.warning("int8 scope %s: no feed-forward MatMul found by name in %s", scope, graph_path.name)
+    return excluded
 
 
-def convert_precision(fp32_path: Path, precision: str, out: Path, *, int8_scope: str = "all-matmuls") -> Path:
-    """fp16 (inputs/outputs stay fp32 and int64) or int8 dynamic quantisation of an fp32 graph."""
+def convert_precision(
+    fp32_path: Path, precision: str, out: Path, *, int8_scope: str = "all-matmuls", optimized: bool = False
+) -> Path:
+    """fp16 (inputs/outputs stay fp32 and int64) or int8 dynamic quantisation of an fp32 graph.
+
+    `optimized`: the graph came from `optimize_encoder` (fused com.microsoft operators)."""
     if precision == "fp32":
         return fp32_path
     if precision == "fp16":
@@ -140,26 +263,35 @@ def convert_precision(fp32_path: Path, precision: str, out: Path, *, int8_scope:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = onnx.load(str(fp32_path))
+        if optimized:
+            # The optimiser's own path: symbolic shape inference knows the fused operators' types.
+            from onnxruntime.transformers.onnx_model import OnnxModel
+
+            fused = OnnxModel(model)
+            with _quiet_root_logger():
+                fused.convert_float_to_float16(keep_io_types=True)
+                fused.save_model_to_file(str(out))
+            return out
         converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
         onnx.save(converted, str(out))
         return out
     if precision == "int8":
+        import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # quantize_dynamic warns on the root logger about pre-processing
-        try:
+        with _quiet_root_logger():  # quantize_dynamic warns on the root logger about pre-processing
             quantize_dynamic(
                 str(fp32_path),
                 str(out),
                 weight_type=QuantType.QInt8,
                 per_channel=True,
-                op_types_to_quantize=["MatMul"],
+                op_types_to_quantize=["MatMul", "Attention"],
                 nodes_to_exclude=_int8_excluded(fp32_path, int8_scope),
-                extra_options={"MatMulConstBOnly": True},  # weights only; activation x activation stays fp32
+                extra_options={
+                    "MatMulConstBOnly": True,  # weights only; activation x activation stays fp32
+                    # ONNX shape inference gives no types past com.microsoft operators; all are float here.
+                    "DefaultTensorType": onnx.TensorProto.FLOAT,
+                },
             )
-        finally:
-            root.setLevel(level)
         return out
     raise ValueError(f"unknown precision {precision!r} (fp32, fp16, int8)")

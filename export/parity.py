@@ -46,6 +46,7 @@ class ParityReport:
     max_abs_diff: float
     passed: bool
     int8_scope: str = ""  # which MatMuls were quantised (int8 only)
+    optimized: bool = False  # the encoder went through ONNX Runtime's transformer optimiser (fused ops)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -89,11 +90,13 @@ class TorchReference:
 class OnnxPipeline:
     """The exported pipeline run in-process with the same code the Triton models run."""
 
-    def __init__(self, tokenizer_json: Path, encoder_onnx: Path, pooling_onnx: Path, facts: ModelFacts):
+    def __init__(
+        self, tokenizer_json: Path, encoder_onnx: Path, pooling_onnx: Path, facts: ModelFacts, *, threads: int = 0
+    ):
         self.facts = facts
         self.tokenizer = TextTokenizer(tokenizer_json, facts.max_tokens, facts.pad_token_id)
-        self.encoder = PaddedOnnxRunner(encoder_onnx, pad_values={"input_ids": facts.pad_token_id})
-        self.pooling = PaddedOnnxRunner(pooling_onnx)
+        self.encoder = PaddedOnnxRunner(encoder_onnx, threads=threads, pad_values={"input_ids": facts.pad_token_id})
+        self.pooling = PaddedOnnxRunner(pooling_onnx, threads=threads)
 
     def embed(self, texts: list[str], batch_size: int = 16) -> np.ndarray:
         out = []
@@ -114,7 +117,9 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1)
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, precision: str, int8_scope: str = "") -> ParityReport:
+def compare(
+    reference: np.ndarray, candidate: np.ndarray, precision: str, int8_scope: str = "", *, optimized: bool = False
+) -> ParityReport:
     cos = cosine_rows(reference, candidate)
     threshold = PARITY_THRESHOLDS[precision]
     return ParityReport(
@@ -126,4 +131,5 @@ def compare(reference: np.ndarray, candidate: np.ndarray, precision: str, int8_s
         max_abs_diff=float(np.abs(reference - candidate).max()),
         passed=bool(cos.min() >= threshold),
         int8_scope=int8_scope,
+        optimized=optimized,
     )

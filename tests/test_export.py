@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import onnx
 import pytest
 
 from bge_triton import cli
-from bge_triton.export import parity
+from bge_triton.export import exporter, parity
 from bge_triton.export.bench_model import make_bench_model
 from bge_triton.export.checkpoint import (
     EMBEDDED_DEFAULT_ID,
@@ -23,7 +24,7 @@ from bge_triton.export.checkpoint import (
     resolve_checkpoint,
 )
 from bge_triton.export.exporter import ExportResult, ParityError, export_model
-from bge_triton.export.onnx_export import INT8_SCOPES
+from bge_triton.export.onnx_export import INT8_SCOPES, fused_operators
 from bge_triton.export.parity import PROBE_TEXTS, OnnxPipeline, TorchReference
 from bge_triton.model_facts import read_facts
 
@@ -36,6 +37,32 @@ def test_parity_report_beside_the_encoder(exported: ExportResult) -> None:
     assert report["min_cosine"] >= 0.9999 and report["passed"] is True
     assert report["max_abs_diff"] < 1e-4
     assert {"mean_cosine", "threshold", "precision"} <= set(report)
+    assert report["optimized"] is True  # the default
+
+
+def _onnx_ops(graph_path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(graph_path)).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def _has_batch_and_sequence_axes(graph_path: Path) -> bool:
+    graph = onnx.load(str(graph_path)).graph
+    return all(
+        [d.dim_param for d in t.type.tensor_type.shape.dim][:2] == ["batch", "sequence"]
+        for t in [*graph.input, *graph.output]
+    )
+
+
+def test_optimized_encoder_has_fused_transformer_ops(exported: ExportResult) -> None:
+    """The default export runs ONNX Runtime's transformer optimiser: 6 layers of fused com.microsoft ops."""
+    model = exported.ensemble_dir.parent / "all-MiniLM-L6-v2-encoder/1/model.onnx"
+    fused = fused_operators(model)
+    assert fused.get("Attention") == 6 and fused.get("SkipLayerNormalization") == 12, fused
+    assert fused.get("BiasGelu") == 6 and fused.get("EmbedLayerNormalization") == 1, fused
+    assert "Softmax" not in _onnx_ops(model)  # no attention left unfused
+    assert exported.parity.optimized and exported.parity.min_cosine >= 0.9999
 
 
 def test_encoder_graph_has_dynamic_batch_and_sequence_axes(exported: ExportResult) -> None:
@@ -60,8 +87,55 @@ def test_reduced_precisions_pass_their_parity_floor(tmp_path: Path, precision: s
     assert result.parity.min_cosine >= floor
     assert json.loads((tmp_path / "repo/m-encoder/parity.json").read_text())["precision"] == precision
     assert read_facts(result.ensemble_dir).precision == precision
+    encoder = tmp_path / "repo/m-encoder/1/model.onnx"
+    assert result.parity.optimized and _has_batch_and_sequence_axes(encoder)
+    ops = _onnx_ops(encoder)
+    assert ops.get("SkipLayerNormalization") == 12, ops
     if precision == "int8":
         assert result.parity.int8_scope in INT8_SCOPES
+        # The scope's name-based exclusion still finds the FFN MatMuls after fusion (QKV is in QAttention).
+        kept_fp32 = {"all-matmuls": 0, "keep-ffn-output-fp32": 6, "attention-only": 12}[result.parity.int8_scope]
+        assert ops.get("QAttention") == 6 and ops.get("MatMulInteger") == 18 - kept_fp32, ops
+        fp32_matmuls = [n.name for n in onnx.load(str(encoder)).graph.node if n.op_type == "MatMul"]
+        assert len(fp32_matmuls) == kept_fp32
+        assert all("/intermediate/" in n or "/output/dense/" in n for n in fp32_matmuls)
+    else:
+        assert ops.get("Attention") == 6, ops
+
+
+def test_no_optimize_exports_the_plain_graph(tmp_path: Path) -> None:
+    code = cli.main(
+        ["export", "--model", EMBEDDED_DEFAULT_ID, "--name", "m", "--no-optimize", "--repository", str(tmp_path)]
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "m-encoder/parity.json").read_text())
+    assert report["optimized"] is False and report["passed"] and report["min_cosine"] >= 0.9999
+    encoder = tmp_path / "m-encoder/1/model.onnx"
+    assert fused_operators(encoder) == {} and _has_batch_and_sequence_axes(encoder)
+
+
+def test_optimized_graph_failing_parity_falls_back_to_the_plain_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_compare = exporter.compare
+
+    def optimized_fails(*args: object, **kwargs: object) -> parity.ParityReport:
+        report = real_compare(*args, **kwargs)
+        return dataclasses.replace(report, passed=report.passed and not report.optimized)
+
+    monkeypatch.setattr(exporter, "compare", optimized_fails)
+    result = export_model(EMBEDDED_DEFAULT_ID, tmp_path / "repo", name="m")
+    assert result.parity.passed and not result.parity.optimized
+    assert fused_operators(tmp_path / "repo/m-encoder/1/model.onnx") == {}
+
+
+def test_optimizer_failure_keeps_the_plain_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> Path:
+        raise RuntimeError("no fusion for you")
+
+    monkeypatch.setattr(exporter, "optimize_encoder", broken)
+    result = export_model(EMBEDDED_DEFAULT_ID, tmp_path / "repo", name="m")
+    assert result.parity.passed and not result.parity.optimized
 
 
 def test_export_fails_nonzero_when_parity_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
