@@ -48,6 +48,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
     p.add_argument("--encoder-instances", type=int, default=1)
     p.add_argument("--pad-to-multiple-of", type=int, default=8)
+    p.add_argument(
+        "--tensorrt",
+        action="store_true",
+        help="container-gpu: TensorRT execution accelerator in Triton's onnxruntime backend (FP16)",
+    )
     p.add_argument("--max-queue-size", type=int, default=512, help="Triton rejects requests past this queue length")
     p.add_argument("--queue-timeout-ms", type=int, default=30_000, help="Triton rejects requests queued longer")
     p.set_defaults(func=_cmd_export)
@@ -65,6 +70,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         pad_to_multiple_of=args.pad_to_multiple_of,
         max_queue_size=args.max_queue_size,
         queue_timeout_us=args.queue_timeout_ms * 1000,
+        tensorrt=args.tensorrt,
     )
     try:
         result = export_model(

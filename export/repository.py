@@ -47,6 +47,10 @@ class BatchingOptions:
     # this, are rejected ("Exceeds maximum queue size" / "Request timeout expired"), never queued forever.
     max_queue_size: int = 512
     queue_timeout_us: int = 30_000_000
+    # container-gpu only: run the ONNX graph through TensorRT inside Triton's onnxruntime backend
+    # (TensorRT execution accelerator; engines are built on the GPU host at load time).
+    tensorrt: bool = False
+    tensorrt_fp16: bool = True
 
 
 def model_names(name: str) -> dict[str, str]:
@@ -134,6 +138,12 @@ def _onnx_model_config(
     _dynamic_batching(config, opts)
     kind = mc.ModelInstanceGroup.KIND_CPU if local else mc.ModelInstanceGroup.KIND_GPU
     config.instance_group.append(mc.ModelInstanceGroup(count=instances, kind=kind))
+    if not local and opts.tensorrt:
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accelerator.parameters["precision_mode"] = "FP16" if opts.tensorrt_fp16 else "FP32"
+        accelerator.parameters["max_workspace_size_bytes"] = str(4 << 30)
+        accelerator.parameters["trt_engine_cache_enable"] = "true"
+        accelerator.parameters["trt_engine_cache_path"] = "/tmp/trt-cache"
     if local:
         _set_params(config, {"onnx_file": "model.onnx", "pad_values": json.dumps(pad_values), "intra_op_threads": "0"})
     return config
@@ -236,6 +246,8 @@ def write_repository(
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r} (local, container-gpu)")
     opts = opts or BatchingOptions()
+    if opts.tensorrt and target == "local":
+        raise ValueError("TensorRT needs the container-gpu target (Triton's onnxruntime backend on a GPU)")
     repository = Path(repository)
     repository.mkdir(parents=True, exist_ok=True)
     names = model_names(facts.name)

@@ -6,12 +6,10 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
@@ -24,47 +22,13 @@ from bge_triton.export.parity import TorchReference, cosine_rows
 from bge_triton.launcher import TritonOptions, TritonServer, free_port
 from bge_triton.model_facts import ModelFacts
 
+if TYPE_CHECKING:
+    from conftest import Service  # the spawn fixture's process type
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MINILM = "all-MiniLM-L6-v2"
 BGE = "bge-small-zh-v1.5"  # a shrunken random-init model with bge-zh's tokenizer and query instruction
 INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
-
-
-@dataclass
-class Proxy:
-    url: str
-    log: Path
-    process: subprocess.Popen[bytes]
-
-    def log_text(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-
-def start_proxy(triton_url: str, tmp: Path, *extra: str, timeout_s: float = 60) -> Proxy:
-    port = free_port()
-    log = tmp / f"proxy-{port}.log"
-    cmd = [sys.executable, "-m", "bge_triton", "serve-proxy", "--triton-url", triton_url, "--port", str(port), *extra]
-    process = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"proxy exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return Proxy(url, log, process)
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"proxy did not start:\n{log.read_text()}")
-
-
-def stop_proxy(proxy: Proxy) -> None:
-    proxy.process.terminate()
-    try:
-        proxy.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proxy.process.kill()
 
 
 @pytest.fixture(scope="module")
@@ -97,20 +61,17 @@ def two_model_triton(
 
 
 @pytest.fixture(scope="module")
-def proxy(two_model_triton: TritonOptions, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    running = start_proxy(
-        two_model_triton.grpc_url,
-        tmp_path_factory.mktemp("proxy"),
-        "--alias", f"text-embedding-3-small={MINILM}",
-        "--max-inputs", "64",
-        "--max-body-bytes", "1000000",
+def proxy(two_model_triton: TritonOptions, spawn: Callable[..., Service]) -> Service:
+    port = free_port()
+    return spawn(
+        ["serve-proxy", "--triton-url", two_model_triton.grpc_url, "--port", str(port),
+         "--alias", f"text-embedding-3-small={MINILM}", "--max-inputs", "64", "--max-body-bytes", "1000000"],
+        port=port,
     )  # fmt: skip
-    yield running
-    stop_proxy(running)
 
 
 @pytest.fixture(scope="module")
-def sdk(proxy: Proxy) -> openai.OpenAI:
+def sdk(proxy: Service) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="EMPTY", max_retries=0)
 
 
@@ -141,7 +102,7 @@ def test_list_input_in_order_with_sdk_default_base64(sdk: openai.OpenAI, referen
     assert response.usage.prompt_tokens == sum(reference.token_counts(texts))
 
 
-def test_base64_is_little_endian_float32(proxy: Proxy, reference: TorchReference) -> None:
+def test_base64_is_little_endian_float32(proxy: Service, reference: TorchReference) -> None:
     body = {"model": MINILM, "input": ["hello", "世界"], "encoding_format": "base64"}
     data = httpx.post(f"{proxy.url}/v1/embeddings", json=body, timeout=30).json()["data"]
     vectors = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in data])
@@ -178,7 +139,7 @@ def test_query_input_type_applies_the_model_instruction(sdk: openai.OpenAI, bge_
     assert cosine_rows(passage, plain)[0] > cosine_rows(passage, with_instruction)[0]
 
 
-def test_alias_and_models_list(sdk: openai.OpenAI, proxy: Proxy) -> None:
+def test_alias_and_models_list(sdk: openai.OpenAI, proxy: Service) -> None:
     response = sdk.embeddings.create(model="text-embedding-3-small", input="x", encoding_format="float")
     assert response.model == "text-embedding-3-small" and len(response.data[0].embedding) == 384
     models = httpx.get(f"{proxy.url}/v1/models", timeout=10).json()
@@ -191,7 +152,7 @@ def test_alias_and_models_list(sdk: openai.OpenAI, proxy: Proxy) -> None:
     assert [m.id for m in sdk.models.list()] == [m["id"] for m in models["data"]]
 
 
-def test_unknown_model_is_404_model_not_found(sdk: openai.OpenAI, proxy: Proxy) -> None:
+def test_unknown_model_is_404_model_not_found(sdk: openai.OpenAI, proxy: Service) -> None:
     with pytest.raises(openai.NotFoundError):
         sdk.embeddings.create(model="nope", input="x")
     body = httpx.post(f"{proxy.url}/v1/embeddings", json={"model": "nope", "input": "x"}, timeout=10).json()
@@ -226,7 +187,7 @@ def test_unknown_model_is_404_model_not_found(sdk: openai.OpenAI, proxy: Proxy) 
         "dimensions-too-big", "too-many-inputs", "too-long-no-truncate",
     ],
 )  # fmt: skip
-def test_bad_requests_get_400_openai_errors(proxy: Proxy, body: dict, param: str | None, fragment: str) -> None:
+def test_bad_requests_get_400_openai_errors(proxy: Service, body: dict, param: str | None, fragment: str) -> None:
     response = httpx.post(f"{proxy.url}/v1/embeddings", json=body, timeout=30)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
@@ -236,7 +197,7 @@ def test_bad_requests_get_400_openai_errors(proxy: Proxy, body: dict, param: str
         assert error["param"] == param
 
 
-def test_malformed_json_and_oversized_body(proxy: Proxy) -> None:
+def test_malformed_json_and_oversized_body(proxy: Service) -> None:
     response = httpx.post(
         f"{proxy.url}/v1/embeddings", content=b'{"model": "x", "input": [', timeout=10,
         headers={"content-type": "application/json"},
@@ -258,7 +219,7 @@ def test_over_length_input_is_truncated_by_default(sdk: openai.OpenAI, reference
     assert cosine_rows(_vectors(response), reference.embed([text])).min() >= 0.9999
 
 
-def test_health_ready_metrics_and_request_log(proxy: Proxy, sdk: openai.OpenAI) -> None:
+def test_health_ready_metrics_and_request_log(proxy: Service, sdk: openai.OpenAI) -> None:
     assert httpx.get(f"{proxy.url}/health", timeout=5).json() == {"status": "ok"}
     ready = httpx.get(f"{proxy.url}/ready", timeout=5)
     assert ready.status_code == 200 and set(ready.json()["models"]) == {MINILM, BGE}
@@ -271,8 +232,10 @@ def test_health_ready_metrics_and_request_log(proxy: Proxy, sdk: openai.OpenAI) 
     assert f"POST /v1/embeddings model={MINILM} inputs=2 tokens=6 status=200" in log
 
 
-def test_proxy_without_triton_answers_503_and_not_ready(tmp_path: Path) -> None:
-    lonely = start_proxy(f"127.0.0.1:{free_port()}", tmp_path, "--request-timeout", "2")
+def test_proxy_without_triton_answers_503_and_not_ready(spawn: Callable[..., Service]) -> None:
+    port = free_port()
+    lonely = spawn(["serve-proxy", "--triton-url", f"127.0.0.1:{free_port()}", "--port", str(port),
+                    "--request-timeout", "2"], port=port)  # fmt: skip
     try:
         ready = httpx.get(f"{lonely.url}/ready", timeout=20)
         assert ready.status_code == 503 and ready.headers["retry-after"]
@@ -283,10 +246,10 @@ def test_proxy_without_triton_answers_503_and_not_ready(tmp_path: Path) -> None:
         assert time.monotonic() - started < 10
         assert httpx.get(f"{lonely.url}/health", timeout=5).status_code == 200
     finally:
-        stop_proxy(lonely)
+        lonely.stop()
 
 
-def test_openapi_schema_documents_the_contract(proxy: Proxy) -> None:
+def test_openapi_schema_documents_the_contract(proxy: Service) -> None:
     schema = httpx.get(f"{proxy.url}/openapi.json", timeout=5).json()
     assert "/v1/embeddings" in schema["paths"] and "/v1/models" in schema["paths"]
     props = schema["components"]["schemas"]["EmbeddingRequest"]["properties"]

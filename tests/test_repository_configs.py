@@ -108,3 +108,19 @@ def test_ids_ensemble_shares_the_chain_and_takes_token_ids(both_targets: dict[st
     assert [s.model_name for s in steps[1:]] == ["all-MiniLM-L6-v2-encoder", "all-MiniLM-L6-v2-pooling"]
     tokenizer = _parse(both_targets["local"] / "all-MiniLM-L6-v2-tokenizer/config.pbtxt")
     assert [(i.name, i.optional) for i in tokenizer.input] == [("TEXT", True), ("TOKEN_IDS", True)]
+
+
+def test_tensorrt_accelerator_for_the_gpu_target(exported: ExportResult, tmp_path: Path) -> None:
+    repo, name = exported.ensemble_dir.parent, exported.facts.name
+    files = {
+        "tokenizer_json": repo / f"{name}-tokenizer/1/tokenizer.json",
+        "encoder_onnx": repo / f"{name}-encoder/1/model.onnx",
+        "pooling_onnx": repo / f"{name}-pooling/1/model.onnx",
+        "input_names": encoder_input_names(exported.facts),
+    }
+    write_repository(tmp_path, exported.facts, target="container-gpu", opts=BatchingOptions(tensorrt=True), **files)
+    encoder = _parse(tmp_path / f"{name}-encoder/config.pbtxt")
+    [accelerator] = encoder.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+    with pytest.raises(ValueError, match="container-gpu"):
+        write_repository(tmp_path / "x", exported.facts, target="local", opts=BatchingOptions(tensorrt=True), **files)
