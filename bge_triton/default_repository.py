@@ -14,10 +14,13 @@ STAMP_FILE = ".bge-triton-stamp"
 
 
 def _stamp() -> str:
-    """Changes whenever the package version or the Triton model sources change."""
+    """Changes whenever the package version, the Triton model sources or the export code change."""
+    from bge_triton import export
+
     digest = hashlib.sha256(__version__.encode())
-    for source in sorted(Path(triton_models.__file__).parent.glob("*.py")):
-        digest.update(source.read_bytes())
+    for package in (triton_models, export):
+        for source in sorted(Path(package.__file__).parent.glob("*.py")):
+            digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -30,7 +33,7 @@ def ensure_default_repository(repository: Path | None = None) -> Path:
     if stamp_path.is_file() and stamp_path.read_text().strip() == _stamp():
         return repository
     log.info(
-        "first run: exporting the embedded default model %s to %s (about a minute, once)",
+        "first run: exporting the embedded default model %s to %s (once)",
         EMBEDDED_DEFAULT_NAME, repository,
     )  # fmt: skip
     from bge_triton.export.exporter import export_model
