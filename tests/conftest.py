@@ -51,14 +51,8 @@ def triton(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     options = TritonOptions(
         repository=repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
     )
-    log_file = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    server = TritonServer(options, log_file=log_file)
-    server.start()
-    try:
-        server.wait_ready(180)
+    with TritonServer(options, log_file=tmp_path_factory.mktemp("triton") / "tritonserver.log"):
         yield options
-    finally:
-        server.stop()
 
 
 @dataclass

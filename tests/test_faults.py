@@ -80,12 +80,15 @@ async def _one(client: httpx.AsyncClient, url: str, report: LoadReport) -> None:
     report.outcomes.append(outcome)
 
 
-async def closed_loop(url: str, workers: int, seconds: float) -> LoadReport:
-    report = LoadReport()
+async def closed_loop(
+    url: str, workers: int, seconds: float, stop: threading.Event | None = None, report: LoadReport | None = None
+) -> LoadReport:
+    """`workers` clients each sending the next request when the last is answered, for `seconds` or until `stop`."""
+    report = report if report is not None else LoadReport()
     deadline = time.perf_counter() + seconds
 
     async def worker(client: httpx.AsyncClient) -> None:
-        while time.perf_counter() < deadline:
+        while time.perf_counter() < deadline and not (stop and stop.is_set()):
             await _one(client, url, report)
 
     async with httpx.AsyncClient(timeout=30) as client:
@@ -218,24 +221,8 @@ def test_sigkilled_triton_answers_503_fast_and_is_restarted(
 ) -> None:
     report = LoadReport()
     stop = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(timeout=30) as client:
-            while not stop.is_set():
-                started = time.perf_counter()
-                outcome = Outcome(started, 0.0)
-                try:
-                    response = client.post(f"{served.url}/v1/embeddings", json=BODY)
-                    outcome.status = response.status_code
-                    outcome.retry_after = response.headers.get("retry-after")
-                except httpx.HTTPError as exc:
-                    outcome.error = f"{type(exc).__name__}: {exc}"
-                outcome.seconds = time.perf_counter() - started
-                report.outcomes.append(outcome)
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
+    loader = threading.Thread(target=lambda: asyncio.run(closed_loop(served.url, 4, 120, stop, report)))
+    loader.start()
     try:
         time.sleep(1.5)
         old = _tritonserver(served)
@@ -254,8 +241,7 @@ def test_sigkilled_triton_answers_503_fast_and_is_restarted(
         time.sleep(1.5)  # load continues on the restarted server
     finally:
         stop.set()
-        for t in threads:
-            t.join()
+        loader.join()
     statuses = report.statuses()
     after = [o for o in report.outcomes if recovered_at and o.started > recovered_at + 0.5]
     slowest_503 = max((o.seconds for o in report.outcomes if o.status == 503), default=0.0)

@@ -51,13 +51,8 @@ def two_model_triton(
         shutil.copytree(folder, repo / folder.name)
     export_model(str(bge_checkpoint), repo)
     options = TritonOptions(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-    server = TritonServer(options, log_file=tmp_path_factory.mktemp("triton2") / "tritonserver.log")
-    server.start()
-    try:
-        server.wait_ready(180)
+    with TritonServer(options, log_file=tmp_path_factory.mktemp("triton2") / "tritonserver.log"):
         yield options
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
