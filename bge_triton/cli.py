@@ -128,7 +128,7 @@ def _add_proxy_args(p: argparse.ArgumentParser, *, port_flag: str) -> None:
     )
 
 
-def _proxy_settings(args: argparse.Namespace, triton_url: str, protocol: str, host: str) -> ProxySettings:
+def _proxy_settings(args: argparse.Namespace, triton_urls: list[str], protocol: str, host: str) -> ProxySettings:
     from bge_triton.client.proxy.auth import load_api_keys
     from bge_triton.client.proxy.settings import ProxySettings
 
@@ -139,7 +139,7 @@ def _proxy_settings(args: argparse.Namespace, triton_url: str, protocol: str, ho
             raise SystemExit(f"error: --alias takes ALIAS=MODEL, got {item!r}")
         aliases[alias] = model
     return ProxySettings(
-        triton_url=triton_url,
+        triton_urls=tuple(triton_urls),
         protocol=protocol,
         host=host,
         port=args.proxy_port,
@@ -171,6 +171,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.add_argument("--no-proxy", action="store_true", help="run Triton only")
     p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="tritonserver processes on the repository (replica i uses the ports + 100*i); "
+        "the proxy spreads requests over them with failover",
+    )
+    p.add_argument(
         "--max-restarts",
         type=int,
         default=5,
@@ -184,45 +191,50 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from bge_triton.default_repository import ensure_default_repository
     from bge_triton.launcher import LaunchError, TritonOptions, TritonServer, TritonSupervisor, ensure_port_free
 
-    server: TritonServer | None = None
+    servers: list[TritonServer] = []
+    stop = threading.Event()
+
+    def forward(signum: int, _frame: object) -> None:
+        log.info("received %s: shutting down tritonserver", signal.Signals(signum).name)
+        for server in servers:
+            server.signal(signum)
+        stop.set()
+
     try:
+        if args.replicas < 1:
+            raise LaunchError("--replicas must be at least 1")
         if not args.no_proxy:
             ensure_port_free(args.host, args.proxy_port, "proxy")
         repository = args.repository or ensure_default_repository()
-        options = TritonOptions(
-            repository=repository,
-            host=args.host,
-            http_port=args.http_port,
-            grpc_port=args.grpc_port,
-            metrics_port=args.metrics_port,
-            log_verbose=args.log_verbose,
-        )
-        server = TritonServer(options)
-        server.start()
-        stop = threading.Event()
-
-        def forward(signum: int, _frame: object) -> None:
-            log.info("received %s: shutting down tritonserver", signal.Signals(signum).name)
-            assert server is not None
-            server.signal(signum)
-            stop.set()
-
+        replicas = [
+            TritonOptions(
+                repository=repository,
+                host=args.host,
+                http_port=args.http_port + 100 * i,
+                grpc_port=args.grpc_port + 100 * i,
+                metrics_port=args.metrics_port + 100 * i,
+                log_verbose=args.log_verbose,
+            )
+            for i in range(args.replicas)
+        ]
         signal.signal(signal.SIGINT, forward)
         signal.signal(signal.SIGTERM, forward)
-        server.wait_ready(args.ready_timeout)
+        for options in replicas:
+            servers.append(TritonServer(options))
+            servers[-1].start()
+        for server in servers:
+            server.wait_ready(args.ready_timeout)
     except LaunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if server is not None:
+        for server in servers:
             server.stop()
         return 1
-    log.info(
-        "Triton ready on %s: HTTP %s  gRPC %s  metrics %s",
-        repository,
-        options.http_url,
-        options.grpc_url,
-        options.metrics_url,
-    )
-    # From here on the supervisor owns Triton: a signal only asks the launcher to stop (uvicorn
+    for options in replicas:
+        log.info(
+            "Triton ready on %s: HTTP %s  gRPC %s  metrics %s",
+            repository, options.http_url, options.grpc_url, options.metrics_url,
+        )  # fmt: skip
+    # From here on the supervisors own Triton: a signal only asks the launcher to stop (uvicorn
     # installs its own handlers while it runs and re-raises the signal into these afterwards).
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -232,8 +244,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         gave_up.set()
         os.kill(os.getpid(), signal.SIGTERM)
 
-    supervisor = TritonSupervisor(server, max_restarts=args.max_restarts, on_give_up=give_up)
-    supervisor.start()
+    supervisors = [TritonSupervisor(s, max_restarts=args.max_restarts, on_give_up=give_up) for s in servers]
+    for supervisor in supervisors:
+        supervisor.start()
     try:
         if args.no_proxy:
             while not stop.is_set() and not gave_up.is_set():
@@ -241,16 +254,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         elif not stop.is_set():  # uvicorn handles SIGINT/SIGTERM from here on: drain, then return
             from bge_triton.client.proxy.server import run_proxy
 
-            run_proxy(_proxy_settings(args, options.grpc_url, "grpc", args.host))
+            run_proxy(_proxy_settings(args, [o.grpc_url for o in replicas], "grpc", args.host))
     finally:
         log.info("stopping tritonserver")
-        supervisor.stop()
+        for supervisor in supervisors:
+            supervisor.stop()
     return 1 if gave_up.is_set() else 0
 
 
 def _add_serve_proxy(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve-proxy", help="run only the OpenAI proxy, in front of a Triton running elsewhere")
-    p.add_argument("--triton-url", default="127.0.0.1:8001", help="Triton's gRPC (or HTTP) address, host:port")
+    p.add_argument(
+        "--triton-url",
+        action="append",
+        default=[],
+        help="Triton's gRPC (or HTTP) address, host:port (default 127.0.0.1:8001); repeat it, or separate "
+        "with commas, for replicas of the same repository: round-robin with failover",
+    )
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     p.add_argument("--host", default="127.0.0.1")
     _add_proxy_args(p, port_flag="--port")
@@ -260,7 +280,8 @@ def _add_serve_proxy(sub: argparse._SubParsersAction) -> None:
 def _cmd_serve_proxy(args: argparse.Namespace) -> int:
     from bge_triton.client.proxy.server import run_proxy
 
-    run_proxy(_proxy_settings(args, args.triton_url, args.protocol, args.host))
+    urls = [u.strip() for item in args.triton_url for u in item.split(",") if u.strip()] or ["127.0.0.1:8001"]
+    run_proxy(_proxy_settings(args, urls, args.protocol, args.host))
     return 0
 
 

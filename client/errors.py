@@ -88,8 +88,10 @@ class ServerError(EmbeddingError):
 # Message patterns first (they are the same for gRPC and HTTP), then the status code.
 _MESSAGE_PATTERNS: tuple[tuple[re.Pattern[str], type[EmbeddingError]], ...] = (
     # Triton's dynamic batcher: a full queue, or a request that waited past the queue's timeout.
-    (re.compile(r"exceeds maximum queue size|queue is full|too many requests|request timeout expired", re.I),
-     Overloaded),
+    (
+        re.compile(r"exceeds maximum queue size|queue is full|too many requests|request timeout expired", re.I),
+        Overloaded,
+    ),
     # Before "unknown model": Triton says "Request for unknown model: 'x' has no available versions".
     (re.compile(r"model.*(is not ready|has no available versions)|unavailable model", re.I), ModelNotReady),
     (re.compile(r"unknown model|model.*is not found", re.I), ModelNotFound),

@@ -97,7 +97,9 @@ def create_app(settings: ProxySettings) -> FastAPI:
         try:
             await registry.discover()
         except Exception as exc:  # Triton may start after us; /ready says so meanwhile
-            log.warning("Triton at %s not available yet (%s); will retry on demand", settings.triton_url, exc)
+            log.warning(
+                "Triton at %s not available yet (%s); will retry on demand", ", ".join(settings.triton_urls), exc
+            )
         yield
         await registry.close()
 
@@ -196,10 +198,10 @@ def create_app(settings: ProxySettings) -> FastAPI:
 
     @app.get("/ready", responses=ERROR_RESPONSES)
     async def ready() -> Response:
-        ok, reason = await registry.ready()
+        ok, reason, replicas = await registry.ready()
         if not ok:
             raise ProxyError(503, reason, code="not_ready")
-        return OrjsonResponse({"status": "ready", "models": list(registry.clients)})
+        return OrjsonResponse({"status": "ready", "models": list(registry.clients), "replicas": replicas})
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

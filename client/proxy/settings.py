@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class ProxySettings:
-    triton_url: str = "127.0.0.1:8001"
+    # Triton replicas serving the same repository (gRPC or HTTP addresses); requests are spread
+    # round-robin and fail over to another replica when one is unavailable.
+    triton_urls: tuple[str, ...] = ("127.0.0.1:8001",)
     protocol: str = "grpc"  # how the proxy talks to Triton: grpc or http
     host: str = "127.0.0.1"
     port: int = 8080
@@ -26,4 +28,6 @@ class ProxySettings:
     grace_period_s: float = 30.0  # on SIGTERM: how long in-flight requests may finish
 
     def __repr__(self) -> str:  # never print the keys
-        return f"ProxySettings(triton_url={self.triton_url!r}, port={self.port}, api_keys={len(self.api_keys)} key(s))"
+        return (
+            f"ProxySettings(triton_urls={self.triton_urls!r}, port={self.port}, api_keys={len(self.api_keys)} key(s))"
+        )
