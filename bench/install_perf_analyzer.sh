@@ -8,7 +8,8 @@
 #   2. extracts just the perf_analyzer binary,
 #   3. installs libb64-0d with apt-get when missing (as root; otherwise prints the command),
 #   4. pip-installs nvidia-cuda-runtime-cu12 (libcudart.so.12) into the venv,
-#   5. writes the wrapper <cache>/perf_analyzer (sets LD_LIBRARY_PATH, execs the binary) and checks --help.
+#   5. writes the wrapper <venv>/bin/perf_analyzer (sets LD_LIBRARY_PATH to that venv's libcudart, execs the
+#      cached binary) and checks --help. The wrapper lives in the venv it points into, so clones don't share it.
 # Idempotent: every step is skipped when already done. Prints the wrapper's path last.
 #
 # Environment: BGE_TRITON_HOME (cache root; default ${XDG_CACHE_HOME:-~/.cache}/bge-triton, as in
@@ -21,7 +22,7 @@ python=${PYTHON:-$repo/.venv/bin/python}
 version=${TRITONCLIENT_VERSION:-2.46.0}
 cache=${PERF_ANALYZER_CACHE:-${BGE_TRITON_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/bge-triton}/perf_analyzer}
 binary=$cache/tritonclient-$version/perf_analyzer
-wrapper=$cache/perf_analyzer
+wrapper=$(dirname "$python")/perf_analyzer
 
 log() { echo "install_perf_analyzer: $*" >&2; }
 die() { log "error: $*"; exit 1; }

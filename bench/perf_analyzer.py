@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bge_triton.paths import data_home
-
 ENV_VAR = "BGE_TRITON_PERF_ANALYZER"
 INPUT_NAME = "TEXT"
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -98,8 +96,8 @@ class PerfResult:
 
 
 def default_install_path() -> Path:
-    """Where bench/install_perf_analyzer.sh writes its wrapper."""
-    return data_home() / "perf_analyzer" / "perf_analyzer"
+    """Where bench/install_perf_analyzer.sh writes its wrapper: beside this venv's python."""
+    return Path(sys.executable).parent / "perf_analyzer"
 
 
 def find_perf_analyzer() -> Path | None:
