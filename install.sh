@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install bge-triton (with its test extras) into it.
 #   ./install.sh                      the service and its tests
-#   ./install.sh --with-bench-tools   also the benchmark peers: NVIDIA perf_analyzer and infinity-emb
+#   ./install.sh --with-bench-tools   also the benchmark peers (NVIDIA perf_analyzer, infinity-emb) and
+#                                     Debian's nginx for the load-balancer test
 # torch is pinned first so pip takes the local CPU wheel where one exists (TORCH_SPEC overrides it).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -16,4 +17,5 @@ echo "installed bge-triton into $(pwd)/.venv ($(.venv/bin/python -c 'import torc
 if [ "${1:-}" = "--with-bench-tools" ]; then
   PATH="$(pwd)/.venv/bin:$PATH" bash bench/install_perf_analyzer.sh
   bash bench/install_infinity.sh
+  bash deploy/install_nginx.sh
 fi

@@ -17,9 +17,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bge_triton.model_facts import read_facts
-from bge_triton.triton_models.tokenizer import TextTokenizer
-
-from .workloads import make_texts
 
 ALL_SYSTEMS: tuple[str, ...] = ("onnxruntime", "triton", "perf_analyzer", "proxy", "sentence-transformers", "infinity")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -42,6 +39,11 @@ class BenchOptions:
 
 
 def run_bench(opts: BenchOptions) -> dict[str, object]:
+    # Imported here: `bge-triton --help` and the proxy image (no `tokenizers`) import this module for ALL_SYSTEMS.
+    from bge_triton.triton_models.tokenizer import TextTokenizer
+
+    from .workloads import make_texts
+
     facts = read_facts(opts.repository / opts.model)
     tokenizer_json = opts.repository / f"{opts.model}-tokenizer/1/tokenizer.json"
     texts = make_texts(tokenizer_json, opts.workload, opts.texts, facts.max_tokens, seed=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -108,3 +109,10 @@ def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Se
     yield _spawn
     for service in started:
         service.stop()
+
+
+def dockerfile_entrypoint(dockerfile: Path) -> list[str]:
+    """The exec-form ENTRYPOINT of a Dockerfile (the last one wins, as in docker)."""
+    lines = [line for line in dockerfile.read_text().splitlines() if line.startswith("ENTRYPOINT ")]
+    assert lines, f"{dockerfile} has no ENTRYPOINT"
+    return list(json.loads(lines[-1].removeprefix("ENTRYPOINT ")))

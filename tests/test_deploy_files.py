@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tomllib
 import yaml
+from conftest import dockerfile_entrypoint
+
+from bge_triton.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,9 +35,18 @@ def test_compose_exports_for_the_gpu_target_and_serves_that_repository() -> None
     assert "./model_repository:/models:ro" in triton["volumes"]
     assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+    assert "ports" not in triton  # replicas are reached through the balancer only
+    assert triton["deploy"]["replicas"] == "${TRITON_REPLICAS:-2}"
+    lb = compose["services"]["lb"]
+    assert lb["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert "./deploy/nginx/nginx.conf:/etc/nginx/nginx.conf:ro" in lb["volumes"]
+    assert {p.rsplit(":", 1)[1] for p in lb["ports"]} == {"8080", "8001", "8000"}
+    assert lb["image"].startswith("nginx:1.28")  # the config's `server ... resolve` needs nginx >= 1.27.3
     proxy = compose["services"]["proxy"]
-    assert proxy["depends_on"]["triton"]["condition"] == "service_healthy"
-    assert proxy["command"][:2] == ["serve-proxy", "--triton-url=triton:8001"]
+    assert proxy["build"]["dockerfile"] == "deploy/proxy.Dockerfile"
+    assert proxy["deploy"]["replicas"] == "${PROXY_REPLICAS:-2}"
+    args = build_parser().parse_args([*dockerfile_entrypoint(ROOT / "deploy/proxy.Dockerfile")[1:], *proxy["command"]])
+    assert (args.command, args.triton_url, args.host, args.proxy_port) == ("serve-proxy", ["lb:8001"], "0.0.0.0", 8080)
     assert "/ready" in " ".join(proxy["healthcheck"]["test"])
     base = (ROOT / "deploy/triton.Dockerfile").read_text()
     assert "nvcr.io/nvidia/tritonserver:" in base and "tokenizers" in base  # the tokenizer model's import
@@ -43,3 +56,29 @@ def test_ruff_is_clean() -> None:
     exe = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     out = subprocess.run([exe, "check", str(ROOT)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout
+
+
+def test_proxy_image_needs_no_model_tooling() -> None:
+    """deploy/proxy.Dockerfile installs only deploy/proxy-requirements.txt: the proxy must import without
+    torch, transformers, onnx(runtime), tokenizers or pytriton, and those requirements must match pyproject."""
+    blocked = ["torch", "transformers", "onnxruntime", "onnx", "tokenizers", "pytriton", "safetensors"]
+    probe = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        f"        if name.split('.')[0] in {blocked!r}: raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from bge_triton.cli import build_parser\n"
+        "import bge_triton.client.proxy.server, bge_triton.client.proxy.app\n"
+        "build_parser().parse_args(['serve-proxy', '--triton-url=lb:8001'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = [
+        line.strip() for line in (ROOT / "deploy/proxy-requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]  # fmt: skip
+    assert wanted and set(wanted) <= {d.split("#")[0].strip() for d in pyproject}
+    dockerfile = (ROOT / "deploy/proxy.Dockerfile").read_text()
+    assert "pip install -r proxy-requirements.txt" in dockerfile and "pip install --no-deps ." in dockerfile

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import dockerfile_entrypoint
 
 from bge_triton.cli import build_parser
 
@@ -128,9 +129,9 @@ def test_proxy_deployment_and_service() -> None:
     deployment = _get("Deployment", "bge-triton-proxy")
     pod = deployment["spec"]["template"]["spec"]
     c = _container("bge-triton-proxy")
-    assert c["image"] == "bge-triton/tools:0.1.0"
-    # The image's ENTRYPOINT is `bge-triton`: args must parse with the real CLI.
-    args = build_parser().parse_args(c["args"])
+    assert c["image"] == "bge-triton/proxy:0.1.0"
+    # The image's ENTRYPOINT (deploy/proxy.Dockerfile) + these args must parse with the real CLI.
+    args = build_parser().parse_args([*dockerfile_entrypoint(ROOT / "deploy/proxy.Dockerfile")[1:], *c["args"]])
     assert args.command == "serve-proxy"
     assert (args.host, args.proxy_port) == ("0.0.0.0", 8080)
     urls = args.triton_url if isinstance(args.triton_url, list) else [args.triton_url]  # repeatable or single

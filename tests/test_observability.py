@@ -44,8 +44,13 @@ def test_dashboard_metrics_exist_in_the_proxy_and_triton_scrapes(triton: TritonO
 def test_compose_provisions_prometheus_and_grafana() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    targets = {t for job in prometheus["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
-    assert targets == {"proxy:8080", "triton:8002"}
+    # Every replica of each scaled compose service, found through Docker's DNS (one A record per replica).
+    targets = {
+        (name, sd["port"]) for job in prometheus["scrape_configs"] for sd in job["dns_sd_configs"]
+        for name in sd["names"] if sd["type"] == "A"
+    }  # fmt: skip
+    assert targets == {("proxy", 8080), ("triton", 8002)}
+    assert compose["services"]["triton"]["expose"] == ["8000", "8001", "8002"]
     assert {"proxy", "triton", "prometheus", "grafana"} <= set(compose["services"])
     grafana = compose["services"]["grafana"]
     assert "./deploy/grafana/dashboards:/var/lib/grafana/dashboards:ro" in grafana["volumes"]
