@@ -357,6 +357,150 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from bge_triton.evaluation.datasets import DATA_ENV, TASKS
+
+    task_list = "; ".join(f"{name}: {spec.description} ({spec.filename})" for name, spec in TASKS.items())
+    p = sub.add_parser(
+        "eval",
+        help="measure STS / retrieval quality against a live service (the proxy or Triton)",
+        description="Embed evaluation sets through a running service and report quality, all scores x100. "
+        f"Tasks: {task_list}. STS: Spearman of cosine vs gold score; retrieval: every query searched in the "
+        "pooled, deduplicated corpus of all positives and negatives (MRR@10, Recall@1, Recall@10; queries "
+        "embedded as queries, corpus texts as passages).",
+    )
+    target = p.add_mutually_exclusive_group()
+    target.add_argument(
+        "--url", default=None, help="the OpenAI-compatible proxy's API root (default: http://127.0.0.1:8080/v1)"
+    )
+    target.add_argument("--triton-url", default=None, help="Triton itself, host:port, through the client library")
+    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="with --triton-url (default: grpc)")
+    p.add_argument("--model", default=None, help="served model name or alias (default: the only served model)")
+    p.add_argument(
+        "--task",
+        dest="tasks",
+        action="append",
+        default=[],
+        metavar="TASK",
+        help=f"{', '.join(TASKS)}, a .tsv STS file (sentence1<TAB>sentence2<TAB>score) or a .jsonl retrieval "
+        "file (repeatable; default: all three short names)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"folder of the short-named sets (default: ${DATA_ENV}, else ../shared/data from the working dir)",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="texts per request (default: 64)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight at most (default: 4)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only the first N pairs / queries of each task (a retrieval corpus is then pooled from those N lines)",
+    )
+    p.add_argument(
+        "--sts-input-type",
+        choices=("auto", "query", "passage"),
+        default="auto",
+        help="how STS sentences are embedded. auto (default): 'query' when the model's passage prefix is "
+        "non-empty (e5-style symmetric prefixes: e5's STS numbers use 'query: ' on both sides), else "
+        "'passage', i.e. no instruction, as bge and sentence-transformers models are evaluated on STS (bge's "
+        "query instruction is for retrieval only). The facts come from the client library (--triton-url) or "
+        "GET /v1/models (--url); when the proxy does not report a passage prefix, auto means 'passage'",
+    )
+    p.add_argument(
+        "--json", dest="json_path", type=Path, default=None, metavar="PATH", help="also write the results JSON here"
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("BGE_TRITON_API_KEY"),
+        help="Bearer key for the proxy (default: $BGE_TRITON_API_KEY)",
+    )
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: 120)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from bge_triton.evaluation.datasets import DEFAULT_TASKS
+    from bge_triton.evaluation.embedders import Embedder, EvalServiceError, ProxyEmbedder, TritonEmbedder
+    from bge_triton.evaluation.runner import EvalOptions, run_command
+
+    try:
+        options = EvalOptions(
+            tasks=tuple(args.tasks) or DEFAULT_TASKS, data_dir=args.data_dir, batch_size=args.batch_size,
+            concurrency=args.concurrency, limit=args.limit, sts_input_type=args.sts_input_type,
+            json_path=args.json_path, progress=args.progress,
+        )  # fmt: skip
+        embedder: Embedder
+        if args.triton_url:
+            embedder = TritonEmbedder(
+                args.triton_url, protocol=args.protocol, model=args.model, timeout_s=args.timeout,
+                concurrency=args.concurrency,
+            )  # fmt: skip
+        else:
+            embedder = ProxyEmbedder(
+                args.url or "http://127.0.0.1:8080/v1", model=args.model, api_key=args.api_key,
+                timeout_s=args.timeout, concurrency=args.concurrency,
+            )  # fmt: skip
+    except (ValueError, EvalServiceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return run_command(embedder, options)
+
+
+def _add_nginx_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "nginx-config",
+        help="print an nginx.conf that load-balances several proxies (HTTP) and tritonservers (gRPC, HTTP)",
+        description="Without containers: bge-triton nginx-config --proxy 127.0.0.1:8080 --proxy 127.0.0.1:8081 "
+        "--triton-grpc 127.0.0.1:8001 --triton-http 127.0.0.1:8000 --listen-proxy 9080 --listen-grpc 9001 "
+        "--listen-http 9000 --state-dir /tmp/bge-nginx > nginx.conf && nginx -e stderr -c $PWD/nginx.conf. "
+        "--compose prints deploy/nginx/nginx.conf (the compose services, re-resolved through Docker's DNS).",
+    )
+    p.add_argument("--compose", action="store_true", help="the docker-compose.yml balancer's config")
+    p.add_argument("--proxy", action="append", default=[], metavar="HOST:PORT", help="an OpenAI proxy (repeat)")
+    p.add_argument("--triton-grpc", action="append", default=[], metavar="HOST:PORT", help="a Triton gRPC port")
+    p.add_argument("--triton-http", action="append", default=[], metavar="HOST:PORT", help="a Triton HTTP port")
+    p.add_argument("--listen-proxy", default="8080", help="[host:]port for the OpenAI API (default: 8080)")
+    p.add_argument("--listen-grpc", default="8001", help="[host:]port for Triton gRPC (default: 8001)")
+    p.add_argument("--listen-http", default="8000", help="[host:]port for Triton HTTP (default: 8000)")
+    p.add_argument("--resolver", default=None, help="a DNS server to re-resolve names with (needs nginx >= 1.27.3)")
+    p.add_argument("--state-dir", type=Path, default=None, help="writable folder for pid, temp files and logs")
+    p.set_defaults(func=_cmd_nginx_config)
+
+
+def _cmd_nginx_config(args: argparse.Namespace) -> int:
+    from bge_triton.nginx_config import NginxLayout, compose_layout, render_nginx_config
+
+    if args.compose:
+        layout = compose_layout()
+    else:
+        missing = [flag for flag in ("proxy", "triton_grpc", "triton_http") if not getattr(args, flag)]
+        if missing:
+            flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+            print(f"error: pass {flags} (or --compose)", file=sys.stderr)
+            return 2
+        layout = NginxLayout(
+            proxies=args.proxy, triton_grpc=args.triton_grpc, triton_http=args.triton_http,
+            listen_proxy=args.listen_proxy, listen_grpc=args.listen_grpc, listen_http=args.listen_http,
+            resolver=args.resolver, state_dir=args.state_dir, args=sys.argv[2:] if len(sys.argv) > 2 else [],
+        )  # fmt: skip
+    try:
+        sys.stdout.write(render_nginx_config(layout))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _only_model(repository: Path) -> str:
     from bge_triton.model_facts import FACTS_FILE
 
@@ -375,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_proxy(sub)
     _add_bench_model(sub)
     _add_bench(sub)
+    _add_eval(sub)
+    _add_nginx_config(sub)
     return parser
 
 

@@ -143,7 +143,7 @@ def test_alias_and_models_list(sdk: openai.OpenAI, proxy: Service) -> None:
     assert set(cards) == {MINILM, BGE, "text-embedding-3-small"}
     assert (cards[MINILM]["dimensions"], cards[MINILM]["max_tokens"]) == (384, 256)
     assert (cards[BGE]["dimensions"], cards[BGE]["max_tokens"]) == (64, 512)
-    assert cards[BGE]["query_instruction"] == INSTRUCTION
+    assert (cards[BGE]["query_instruction"], cards[BGE]["passage_instruction"]) == (INSTRUCTION, "")
     assert [m.id for m in sdk.models.list()] == [m["id"] for m in models["data"]]
 
 

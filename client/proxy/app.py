@@ -229,7 +229,7 @@ def _served_names(registry: ModelRegistry, settings: ProxySettings):  # -> Itera
 def _card(name: str, facts) -> ModelCard:  # facts: ModelFacts
     return ModelCard(
         id=name, dimensions=facts.dim, max_tokens=facts.max_tokens, pooling=facts.pooling,
-        query_instruction=facts.query_instruction,
+        query_instruction=facts.query_instruction, passage_instruction=facts.passage_instruction,
     )  # fmt: skip
 
 

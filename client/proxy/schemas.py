@@ -57,7 +57,8 @@ class ModelCard(BaseModel):
     dimensions: int
     max_tokens: int
     pooling: str
-    query_instruction: str
+    query_instruction: str  # prepended for input_type=query
+    passage_instruction: str  # prepended for input_type=passage (e5's "passage: "; empty for bge)
 
 
 class ModelList(BaseModel):
