@@ -216,7 +216,7 @@ def test_runner_with_fake_embedder(tmp_path: Path) -> None:
     toy, toy_r = report.tasks
     assert toy.counts == {"pairs": 4, "texts": 5}  # "abc" deduplicated
     assert toy.metrics["spearman"] == pytest.approx(100.0, abs=1e-6)
-    assert toy_r.counts == {"queries": 2, "corpus": 5, "texts": 7}
+    assert toy_r.counts == {"queries": 2, "corpus": 5, "texts": 7, "self_matches_excluded": 0}
     assert toy_r.metrics["recall@1"] == pytest.approx(100.0)
     assert {t for _, t in fake.calls} == {"passage", "query"}
     assert max(n for n, _ in fake.calls) <= 2
@@ -309,3 +309,23 @@ def test_cli_unreachable_proxy(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "--batch-size", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --batch-size must be at least 1"
+
+
+def test_a_query_is_not_ranked_against_its_own_copy_in_the_corpus(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    lines = [
+        {"query": "a plane takes off", "pos": ["a plane is taking off"], "neg": ["a cat sleeps"]},
+        {"query": "a cat sleeps", "pos": ["the cat is asleep"], "neg": ["a plane takes off"]},
+    ]
+    path.write_text("\n".join(json.dumps(line) for line in lines))
+    data = load_retrieval_jsonl(path)
+    corpus = {text: i for i, text in enumerate(data.corpus)}
+    assert data.self_matches == [frozenset({corpus["a plane takes off"]}), frozenset({corpus["a cat sleeps"]})]
+    # Query vectors equal their own copies (score 1), positives come next (0.8).
+    vectors = {"a plane takes off": [1.0, 0.0, 0.0], "a cat sleeps": [0.0, 1.0, 0.0]}
+    vectors |= {"a plane is taking off": [0.8, 0.0, 0.6], "the cat is asleep": [0.0, 0.8, 0.6]}
+    q = np.array([vectors[t] for t in data.queries])
+    c = np.array([vectors[t] for t in data.corpus])
+    assert retrieval_metrics(q, c, data.relevant, recall_ks=(1,))["recall@1"] == 0.0  # the copy wins
+    kept = retrieval_metrics(q, c, data.relevant, recall_ks=(1,), exclude=data.self_matches)
+    assert kept == {"mrr@10": 1.0, "recall@1": 1.0}

@@ -17,7 +17,7 @@ import gzip
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -80,6 +80,10 @@ class RetrievalSet:
     queries: list[str]
     corpus: list[str]
     relevant: list[frozenset[int]]
+    # Per query, the corpus rows holding the query's own text (not one of its positives). In this STS-derived
+    # set 2,117 of 2,701 queries are also another line's positive or negative: left in, the query's own copy
+    # takes rank 1. They are left out of that query's ranking, as MTEB does for symmetric sets.
+    self_matches: list[frozenset[int]] = field(default_factory=list)
     kind: TaskKind = "retrieval"
 
     def __len__(self) -> int:
@@ -247,7 +251,11 @@ def load_retrieval_jsonl(path: Path | str, *, name: str | None = None, limit: in
             break
     if not queries:
         raise DatasetError(f"{name}: {path} holds no queries")
-    return RetrievalSet(name, path, queries, list(corpus_index), relevant)
+    self_matches = [
+        frozenset({corpus_index[q]}) if q in corpus_index and corpus_index[q] not in wanted else frozenset()
+        for q, wanted in zip(queries, relevant, strict=True)
+    ]
+    return RetrievalSet(name, path, queries, list(corpus_index), relevant, self_matches)
 
 
 def _str_list(value: object) -> bool:

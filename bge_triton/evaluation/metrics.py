@@ -39,12 +39,19 @@ def spearman(predicted: Sequence[float] | np.ndarray, gold: Sequence[float] | np
     return float(spearmanr(x, y).statistic)
 
 
-def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, *, chunk_size: int = 256) -> np.ndarray:
+def top_k(
+    queries: np.ndarray,
+    corpus: np.ndarray,
+    k: int,
+    *,
+    chunk_size: int = 256,
+    exclude: Sequence[Collection[int]] | None = None,
+) -> np.ndarray:
     """Indices [n_queries, min(k, n_corpus)] of each query's most similar corpus rows, best first.
 
     Similarity is the dot product of unit rows (cosine). Queries go through in chunks of
     `chunk_size`, so at most chunk_size x n_corpus scores are held at once. Equal scores are
-    ordered by corpus index.
+    ordered by corpus index. `exclude[i]`: corpus rows never ranked for query i (they sink to the end).
     """
     if k < 1:
         raise ValueError("k must be at least 1")
@@ -62,6 +69,10 @@ def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, *, chunk_size: int = 
     ct = np.ascontiguousarray(c.T)
     for start in range(0, n, chunk_size):
         scores = q[start : start + chunk_size] @ ct  # [chunk, m]
+        if exclude is not None:
+            for row, skipped in enumerate(exclude[start : start + len(scores)]):
+                if skipped:
+                    scores[row, list(skipped)] = -np.inf
         if k < m:
             candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         else:
@@ -116,10 +127,12 @@ def retrieval_metrics(
     mrr_k: int = 10,
     recall_ks: Sequence[int] = (1, 10),
     chunk_size: int = 256,
+    exclude: Sequence[Collection[int]] | None = None,
 ) -> dict[str, float]:
-    """{"mrr@10": .., "recall@1": .., "recall@10": ..} of the queries searched in the corpus by cosine."""
+    """{"mrr@10": .., "recall@1": .., "recall@10": ..} of the queries searched in the corpus by cosine,
+    each query's `exclude` rows left out of its ranking."""
     depth = max(mrr_k, *recall_ks)
-    ranks = first_hit_ranks(top_k(queries, corpus, depth, chunk_size=chunk_size), relevant)
+    ranks = first_hit_ranks(top_k(queries, corpus, depth, chunk_size=chunk_size, exclude=exclude), relevant)
     out = {f"mrr@{mrr_k}": mrr_at_k(ranks, mrr_k)}
     for k in recall_ks:
         out[f"recall@{k}"] = recall_at_k(ranks, k)

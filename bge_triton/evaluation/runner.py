@@ -191,9 +191,14 @@ async def _run_retrieval(
         corpus_vectors = await embed_texts(embedder, data.corpus, "passage", **kwargs)
     finally:
         bar.close()
-    scores = retrieval_metrics(query_vectors[positions], corpus_vectors, data.relevant, chunk_size=options.chunk_size)
+    scores = retrieval_metrics(
+        query_vectors[positions], corpus_vectors, data.relevant, chunk_size=options.chunk_size,
+        exclude=data.self_matches or None,
+    )  # fmt: skip
     metrics = {name: 100.0 * value for name, value in scores.items()}
-    return metrics, {"queries": len(data), "corpus": len(data.corpus), "texts": len(queries) + len(data.corpus)}
+    counts = {"queries": len(data), "corpus": len(data.corpus), "texts": len(queries) + len(data.corpus)}
+    counts["self_matches_excluded"] = sum(1 for s in data.self_matches if s)
+    return metrics, counts
 
 
 async def run_eval(embedder: Embedder, sets: Sequence[EvalSet], options: EvalOptions) -> EvalReport:
