@@ -161,7 +161,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--repository",
         type=Path,
         default=None,
-        help="model repository (default: the embedded all-MiniLM-L6-v2, exported on first run)",
+        help="model repository (default: the embedded multilingual-e5-small, converted and exported on first run)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (Triton's own default is 0.0.0.0)")
     p.add_argument("--http-port", type=int, default=8000)
@@ -318,7 +318,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "--checkpoint",
         type=Path,
         default=None,
-        help="the Hugging Face checkpoint (default: the embedded all-MiniLM-L6-v2)",
+        help="the Hugging Face checkpoint (default: the embedded multilingual-e5-small)",
     )
     p.add_argument(
         "--repository", type=Path, default=None, help="its exported model repository (default: the embedded model's)"

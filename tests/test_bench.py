@@ -9,7 +9,7 @@ import pytest
 
 from bge_triton.bench.harness import ALL_SYSTEMS, BenchOptions, format_table, run_bench
 from bge_triton.bench.workloads import make_texts
-from bge_triton.export.checkpoint import embedded_default_dir
+from bge_triton.export.checkpoint import minilm_dir
 from bge_triton.export.exporter import ExportResult
 from bge_triton.triton_models.tokenizer import TextTokenizer
 
@@ -35,7 +35,7 @@ def test_chinese_text_for_the_bge_zh_vocabulary(tmp_path: Path) -> None:
 
 def test_harness_runs_every_system_and_writes_json(exported: ExportResult, tmp_path: Path) -> None:
     opts = BenchOptions(
-        checkpoint=embedded_default_dir(), repository=exported.ensemble_dir.parent, model=exported.facts.name,
+        checkpoint=minilm_dir(), repository=exported.ensemble_dir.parent, model=exported.facts.name,
         workload="sentence", systems=ALL_SYSTEMS, texts=16, queries=4, batch=4, concurrency=2, out_dir=tmp_path,
     )  # fmt: skip
     report = run_bench(opts)

@@ -18,9 +18,9 @@ from bge_triton import cli
 from bge_triton.export import exporter, parity
 from bge_triton.export.bench_model import make_bench_model
 from bge_triton.export.checkpoint import (
-    EMBEDDED_DEFAULT_ID,
+    MINILM_ID,
     CheckpointError,
-    embedded_default_dir,
+    minilm_dir,
     resolve_checkpoint,
 )
 from bge_triton.export.exporter import ExportResult, ParityError, export_model
@@ -82,7 +82,7 @@ def test_facts_written_to_the_repository(exported: ExportResult) -> None:
 
 @pytest.mark.parametrize(("precision", "floor"), [("fp16", 0.999), ("int8", 0.99)])
 def test_reduced_precisions_pass_their_parity_floor(tmp_path: Path, precision: str, floor: float) -> None:
-    result = export_model(EMBEDDED_DEFAULT_ID, tmp_path / "repo", name="m", precision=precision)
+    result = export_model(MINILM_ID, tmp_path / "repo", name="m", precision=precision)
     assert result.parity.precision == precision and result.parity.threshold == floor
     assert result.parity.min_cosine >= floor
     assert json.loads((tmp_path / "repo/m-encoder/parity.json").read_text())["precision"] == precision
@@ -105,7 +105,7 @@ def test_reduced_precisions_pass_their_parity_floor(tmp_path: Path, precision: s
 
 def test_no_optimize_exports_the_plain_graph(tmp_path: Path) -> None:
     code = cli.main(
-        ["export", "--model", EMBEDDED_DEFAULT_ID, "--name", "m", "--no-optimize", "--repository", str(tmp_path)]
+        ["export", "--model", MINILM_ID, "--name", "m", "--no-optimize", "--repository", str(tmp_path)]
     )
     assert code == 0
     report = json.loads((tmp_path / "m-encoder/parity.json").read_text())
@@ -124,7 +124,7 @@ def test_optimized_graph_failing_parity_falls_back_to_the_plain_graph(
         return dataclasses.replace(report, passed=report.passed and not report.optimized)
 
     monkeypatch.setattr(exporter, "compare", optimized_fails)
-    result = export_model(EMBEDDED_DEFAULT_ID, tmp_path / "repo", name="m")
+    result = export_model(MINILM_ID, tmp_path / "repo", name="m")
     assert result.parity.passed and not result.parity.optimized
     assert fused_operators(tmp_path / "repo/m-encoder/1/model.onnx") == {}
 
@@ -134,16 +134,16 @@ def test_optimizer_failure_keeps_the_plain_graph(tmp_path: Path, monkeypatch: py
         raise RuntimeError("no fusion for you")
 
     monkeypatch.setattr(exporter, "optimize_encoder", broken)
-    result = export_model(EMBEDDED_DEFAULT_ID, tmp_path / "repo", name="m")
+    result = export_model(MINILM_ID, tmp_path / "repo", name="m")
     assert result.parity.passed and not result.parity.optimized
 
 
 def test_export_fails_nonzero_when_parity_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(parity.PARITY_THRESHOLDS, "fp32", 1.5)  # unreachable
     with pytest.raises(ParityError, match="parity check failed"):
-        export_model(EMBEDDED_DEFAULT_ID, tmp_path / "repo", name="m")
+        export_model(MINILM_ID, tmp_path / "repo", name="m")
     assert not (tmp_path / "repo" / "m").exists()  # nothing half-written
-    code = cli.main(["export", "--model", EMBEDDED_DEFAULT_ID, "--repository", str(tmp_path / "repo")])
+    code = cli.main(["export", "--model", MINILM_ID, "--repository", str(tmp_path / "repo")])
     assert code == 1
 
 
@@ -157,7 +157,7 @@ def test_onnx_pipeline_truncates_like_transformers(exported: ExportResult) -> No
     )
     texts = ["short", "word " * 1000]
     batch = pipeline.tokenizer.encode(texts)
-    ref = TorchReference(embedded_default_dir(), exported.facts)
+    ref = TorchReference(minilm_dir(), exported.facts)
     assert batch.token_count.tolist() == ref.token_counts(texts) == [3, 256]
     assert batch.full_token_count.tolist() == [3, 1002]
     assert batch.input_ids.shape[1] == 256 and batch.input_ids.shape[1] % 8 == 0
@@ -166,7 +166,7 @@ def test_onnx_pipeline_truncates_like_transformers(exported: ExportResult) -> No
 
 
 def test_local_checkpoint_directory_and_missing_paths(tmp_path: Path) -> None:
-    assert resolve_checkpoint(str(embedded_default_dir())) == embedded_default_dir()
+    assert resolve_checkpoint(str(minilm_dir())) == minilm_dir()
     with pytest.raises(CheckpointError, match="does not exist"):
         resolve_checkpoint(str(tmp_path / "nope"))
     with pytest.raises(CheckpointError, match=r"no config\.json"):
@@ -193,7 +193,7 @@ def test_hub_id_offline_fails_in_one_clear_line(tmp_path: Path) -> None:
 def test_hub_id_loads_from_the_hub_cache_offline(tmp_path: Path) -> None:
     """The real hub code path (snapshot_download) resolves a cached repo without network."""
     snapshot = tmp_path / "hf/hub/models--acme--minilm/snapshots/0123456789abcdef"
-    shutil.copytree(embedded_default_dir(), snapshot)
+    shutil.copytree(minilm_dir(), snapshot)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs/main").write_text("0123456789abcdef")
     code = "from bge_triton.export.checkpoint import resolve_checkpoint; print(resolve_checkpoint('acme/minilm'))"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bge_triton.export.checkpoint import EMBEDDED_DEFAULT_ID
+from bge_triton.export.checkpoint import MINILM_ID
 from bge_triton.export.exporter import ExportResult, export_model
 from bge_triton.export.parity import OnnxPipeline
 from bge_triton.model_facts import ModelFacts
@@ -63,7 +63,7 @@ def _top1(pipeline: OnnxPipeline, queries: list[str], passages: list[str]) -> np
 
 @pytest.fixture(scope="module")
 def int8_export(tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
-    return export_model(EMBEDDED_DEFAULT_ID, tmp_path_factory.mktemp("int8_repository"), name="m", precision="int8")
+    return export_model(MINILM_ID, tmp_path_factory.mktemp("int8_repository"), name="m", precision="int8")
 
 
 @pytest.mark.skipif(not STS.is_file(), reason=f"{STS} is missing")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bge_triton.export.checkpoint import embedded_default_dir
+from bge_triton.export.checkpoint import minilm_dir
 from bge_triton.model_facts import FactsError, ModelFacts
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -16,7 +16,7 @@ BGE_ZH_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
 
 
 def test_minilm_facts_from_its_sentence_transformers_files() -> None:
-    facts = ModelFacts.from_checkpoint(embedded_default_dir(), name="all-MiniLM-L6-v2", source="x")
+    facts = ModelFacts.from_checkpoint(minilm_dir(), name="all-MiniLM-L6-v2", source="x")
     assert (facts.dim, facts.max_tokens, facts.pooling, facts.normalize) == (384, 256, "mean", True)
     assert facts.query_instruction == "" and facts.uses_token_type_ids and facts.pad_token_id == 0
 
@@ -55,7 +55,7 @@ def test_parameters_round_trip() -> None:
 
 def test_unsupported_pooling_is_refused(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
-    shutil.copytree(embedded_default_dir(), ckpt, ignore=shutil.ignore_patterns("*.safetensors"))
+    shutil.copytree(minilm_dir(), ckpt, ignore=shutil.ignore_patterns("*.safetensors"))
     cfg = json.loads((ckpt / "1_Pooling/config.json").read_text())
     cfg["pooling_mode_mean_sqrt_len_tokens"] = True
     (ckpt / "1_Pooling/config.json").write_text(json.dumps(cfg))
