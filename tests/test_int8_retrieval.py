@@ -92,3 +92,23 @@ def test_int8_top1_retrieval_matches_fp32(exported: ExportResult, int8_export: E
     assert acc_fp32 >= 0.8, summary  # the task is meaningful: fp32 MiniLM finds most paraphrases
     assert agreement >= 0.95, summary
     assert abs(acc_int8 - acc_fp32) <= 0.03, summary
+
+
+@pytest.mark.skipif(not STS.is_file(), reason=f"{STS} is missing")
+def test_int8_loses_at_most_one_spearman_point_on_english_stsb(
+    exported: ExportResult, int8_export: ExportResult
+) -> None:
+    """The quality gate for int8: the full STS-B test split, Spearman x100 of cosine vs gold, fp32 vs int8."""
+    from bge_triton.evaluation.datasets import load_sts_tsv
+    from bge_triton.evaluation.metrics import spearman
+
+    data = load_sts_tsv(STS, split="test")
+    scores = {}
+    for precision, result, name in (("fp32", exported, exported.facts.name), ("int8", int8_export, "m")):
+        pipeline = _pipeline(result.ensemble_dir.parent, name, result.facts)
+        a = pipeline.embed(list(data.sentences1), batch_size=64)
+        b = pipeline.embed(list(data.sentences2), batch_size=64)
+        scores[precision] = 100.0 * spearman((a * b).sum(axis=1), np.asarray(data.scores))
+    print(json.dumps(scores))
+    assert abs(scores["fp32"] - 82.03) <= 0.3, scores
+    assert scores["fp32"] - scores["int8"] <= 1.0, scores
