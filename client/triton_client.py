@@ -43,6 +43,18 @@ from .errors import (
     ServerUnavailable,
     from_triton_exception,
 )
+from .m3_scoring import (
+    MODE_OUTPUTS,
+    MODES,
+    M3Vectors,
+    M3Weights,
+    Mode,
+    PassageScores,
+    colbert_rows,
+    m3_ensemble,
+    score_passages,
+    sparse_rows,
+)
 
 TransportProtocol = Literal["grpc", "http"]
 PROTOCOLS: tuple[str, ...] = ("grpc", "http")
@@ -161,7 +173,8 @@ def _takes_text(config: dict[str, Any]) -> bool:
 def embedding_models(configs: dict[str, dict[str, Any] | None]) -> dict[str, ModelFacts]:
     """The text embedding ensembles among `{name: model config}` (as Triton answers them)."""
     found = {name: _facts_of(config) for name, config in configs.items() if config is not None}
-    return {name: facts for name, facts in found.items() if facts is not None}
+    # The bge-m3 ensembles NAME-sparse / NAME-colbert / NAME-m3 carry NAME's facts: only NAME itself is listed.
+    return {name: facts for name, facts in found.items() if facts is not None and facts.name == name}
 
 
 def _facts_of(config: dict[str, Any]) -> ModelFacts | None:
@@ -207,6 +220,7 @@ class _Plan:
     datatype: str  # BYTES or INT64
     chunks: list[np.ndarray]  # [k, 1] texts or [k, longest] ids, k <= max_batch_size
     order: np.ndarray | None  # chunk rows -> caller's indices, when the inputs were sorted by length
+    outputs: tuple[str, ...] = OUTPUT_NAMES
 
 
 class _Transport:
@@ -412,6 +426,54 @@ class _ClientCore:
             chunks.append(chunk)
         return _Plan(self.model, INPUT_NAME, "BYTES", chunks, order)
 
+    def m3_plan(self, texts: list[str], modes: Sequence[Mode], *, query: bool) -> _Plan:
+        """Texts for the bge-m3 ensemble that computes `modes` in one encoder pass."""
+        facts = self.require_facts()
+        if not facts.m3_heads:
+            raise InvalidInput(f"model {self.model!r} has no sparse / ColBERT heads (not a bge-m3 export)")
+        plan = self.text_plan(texts, query=query)
+        outputs = (*tuple(name for mode in MODES if mode in modes for name in MODE_OUTPUTS[mode]), "TOKEN_COUNT")
+        return _Plan(m3_ensemble(plan.model, modes), plan.input_name, plan.datatype, plan.chunks, plan.order, outputs)
+
+    def parse_m3(self, result: Any, rows: int, modes: Sequence[Mode]) -> M3Vectors:
+        def column(name: str) -> np.ndarray:
+            value = result.as_numpy(name)
+            if value is None or len(value) != rows:
+                raise ServerError(f"model {self.model!r} did not return {name} for {rows} texts")
+            return np.asarray(value)
+
+        return M3Vectors(
+            dense=column("EMBEDDING").astype(np.float32) if "dense" in modes else None,
+            sparse=sparse_rows(column("SPARSE_IDS"), column("SPARSE_WEIGHTS")) if "sparse" in modes else None,
+            colbert=colbert_rows(column("COLBERT"), column("COLBERT_LENGTH")) if "colbert" in modes else None,
+            token_counts=column("TOKEN_COUNT").astype(np.int64).reshape(-1),
+        )
+
+    def assemble_m3(self, plan: _Plan, parts: list[M3Vectors], modes: Sequence[Mode]) -> M3Vectors:
+        """The parts of a plan in the caller's order."""
+        dim = self.require_facts().dim
+
+        def ordered(items: list[Any]) -> list[Any]:
+            if plan.order is None:
+                return items
+            out: list[Any] = [None] * len(items)
+            for position, index in enumerate(plan.order):
+                out[int(index)] = items[position]
+            return out
+
+        counts = np.concatenate([p.token_counts for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+        dense = None
+        if "dense" in modes:
+            stacked = np.concatenate([p.dense for p in parts if p.dense is not None]) if parts else None
+            dense = np.zeros((0, dim), np.float32) if stacked is None else stacked
+            dense = _unsorted(dense, plan.order) if plan.order is not None else dense
+        return M3Vectors(
+            dense=dense,
+            sparse=ordered([row for p in parts for row in p.sparse or []]) if "sparse" in modes else None,
+            colbert=ordered([row for p in parts for row in p.colbert or []]) if "colbert" in modes else None,
+            token_counts=_unsorted(counts, plan.order) if plan.order is not None else counts,
+        )
+
     def ids_plan(self, rows: list[np.ndarray]) -> _Plan:
         """Token-id rows as INT64 [k, longest] chunks, right-padded with -1, for `<name>-ids`."""
         assert self.model is not None
@@ -445,7 +507,7 @@ class _ClientCore:
         """The (retryable) inference call for one chunk of a plan."""
         tensor = self.module.InferInput(plan.input_name, list(chunk.shape), plan.datatype)
         tensor.set_data_from_numpy(chunk)
-        outputs = [self.module.InferRequestedOutput(name) for name in OUTPUT_NAMES]
+        outputs = [self.module.InferRequestedOutput(name) for name in plan.outputs]
         return lambda: transport.infer(plan.model, [tensor], outputs)
 
     def parse(self, result: Any, rows: int) -> _Part:
@@ -631,6 +693,40 @@ class EmbeddingClient(_ClientBase):
         self.connect()
         return self._run(self._core.ids_plan(rows), truncate=truncate)
 
+    def embed_m3(
+        self, texts: str | Iterable[str], *, modes: Sequence[Mode] = MODES, query: bool = False
+    ) -> M3Vectors:
+        """bge-m3's dense, sparse and/or ColBERT vectors of the texts, from one encoder pass."""
+        items = as_text_list(texts)
+        self.connect()
+        plan = self._core.m3_plan(items, modes, query=query)
+
+        def infer(chunk: np.ndarray) -> M3Vectors:
+            result = self._call(self._core.infer_call(self._transport, plan, chunk))
+            return self._core.parse_m3(result, len(chunk), modes)
+
+        return self._core.assemble_m3(plan, self._map(infer, plan.chunks), modes)
+
+    def embed_sparse(self, texts: str | Iterable[str], *, query: bool = False) -> list[dict[int, float]]:
+        """Per text {token id: weight} (bge-m3's lexical weights, special tokens removed)."""
+        sparse = self.embed_m3(texts, modes=("sparse",), query=query).sparse
+        assert sparse is not None
+        return sparse
+
+    def embed_colbert(self, texts: str | Iterable[str], *, query: bool = False) -> list[np.ndarray]:
+        """Per text float32 [tokens - 1, dim] unit vectors (bge-m3's ColBERT vectors)."""
+        colbert = self.embed_m3(texts, modes=("colbert",), query=query).colbert
+        assert colbert is not None
+        return colbert
+
+    def score(
+        self, query: str, passages: str | Iterable[str], *, weights: M3Weights | None = None
+    ) -> list[PassageScores]:
+        """Dense, sparse, ColBERT and hybrid relevance of each passage to the query (bge-m3)."""
+        q = self.embed_m3([query], query=True)
+        p = self.embed_m3(passages)
+        return score_passages(q, p, weights)
+
     def _run(self, plan: _Plan, *, truncate: bool) -> EmbeddingResult:
         def infer(chunk: np.ndarray) -> _Part:
             return self._core.parse(self._call(self._core.infer_call(self._transport, plan, chunk)), len(chunk))
@@ -752,6 +848,35 @@ class AsyncEmbeddingClient(_ClientBase):
         rows = as_id_rows(ids)
         await self.connect()
         return await self._run(self._core.ids_plan(rows), truncate=truncate)
+
+    async def embed_m3(
+        self, texts: str | Iterable[str], *, modes: Sequence[Mode] = MODES, query: bool = False
+    ) -> M3Vectors:
+        items = as_text_list(texts)
+        await self.connect()
+        plan = self._core.m3_plan(items, modes, query=query)
+
+        async def infer(chunk: np.ndarray) -> M3Vectors:
+            result = await self._call(self._core.infer_call(self._transport, plan, chunk))
+            return self._core.parse_m3(result, len(chunk), modes)
+
+        return self._core.assemble_m3(plan, await self._map(infer, plan.chunks), modes)
+
+    async def embed_sparse(self, texts: str | Iterable[str], *, query: bool = False) -> list[dict[int, float]]:
+        sparse = (await self.embed_m3(texts, modes=("sparse",), query=query)).sparse
+        assert sparse is not None
+        return sparse
+
+    async def embed_colbert(self, texts: str | Iterable[str], *, query: bool = False) -> list[np.ndarray]:
+        colbert = (await self.embed_m3(texts, modes=("colbert",), query=query)).colbert
+        assert colbert is not None
+        return colbert
+
+    async def score(
+        self, query: str, passages: str | Iterable[str], *, weights: M3Weights | None = None
+    ) -> list[PassageScores]:
+        q, p = await asyncio.gather(self.embed_m3([query], query=True), self.embed_m3(passages))
+        return score_passages(q, p, weights)
 
     async def _run(self, plan: _Plan, *, truncate: bool) -> EmbeddingResult:
         async def infer(chunk: np.ndarray) -> _Part:

@@ -18,8 +18,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bge_triton import __version__
 
 from ..triton_client import EmbeddingResult
+from .admission import admitted
 from .auth import ApiKeyAuth
 from .errors import ERROR_TYPES, ProxyError, error_response, install_error_handlers
+from .inputs import normalise_input
+from .m3_routes import install_m3_routes
 from .metrics import ProxyMetrics
 from .registry import ModelRegistry
 from .schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelCard, ModelList
@@ -138,23 +141,14 @@ def create_app(settings: ProxySettings) -> FastAPI:
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
     @app.post("/embeddings", include_in_schema=False)
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
-        if app.state.in_flight >= settings.max_in_flight:
-            metrics.rejected.inc()
-            raise ProxyError(429, f"too many requests in flight ({settings.max_in_flight}); retry later",
-                             code="overloaded")  # fmt: skip
-        app.state.in_flight += 1
-        metrics.in_flight.inc()
-        try:
+        async with admitted(app, settings.max_in_flight, metrics):
             return await _embed(body, request)
-        finally:
-            app.state.in_flight -= 1
-            metrics.in_flight.dec()
 
     async def _embed(body: EmbeddingRequest, request: Request) -> Response:
         name, client = await registry.get(body.model)
         request.state.model = name
         facts = client.facts
-        kind, items = _normalise_input(body.input, settings.max_inputs)
+        kind, items = normalise_input(body.input, settings.max_inputs)
         request.state.inputs = len(items)
         if body.dimensions is not None and body.dimensions > facts.dim:
             raise ProxyError(400, f"dimensions must be at most {facts.dim} for {name}", param="dimensions",
@@ -181,6 +175,8 @@ def create_app(settings: ProxySettings) -> FastAPI:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         return OrjsonResponse(payload)
+
+    install_m3_routes(app, registry, settings, metrics)
 
     @app.get("/v1/models", response_model=ModelList)
     async def list_models() -> ModelList:
@@ -231,31 +227,6 @@ def _card(name: str, facts) -> ModelCard:  # facts: ModelFacts
         id=name, dimensions=facts.dim, max_tokens=facts.max_tokens, pooling=facts.pooling,
         query_instruction=facts.query_instruction, passage_instruction=facts.passage_instruction,
     )  # fmt: skip
-
-
-def _normalise_input(value: object, max_inputs: int) -> tuple[str, list]:
-    """("text", [str, ...]) or ("ids", [[int, ...], ...]) after OpenAI's own checks."""
-    if isinstance(value, str):
-        items: list = [value]
-        kind = "text"
-    elif isinstance(value, list) and value and all(isinstance(v, int) for v in value):
-        items, kind = [value], "ids"
-    elif isinstance(value, list) and value and all(isinstance(v, list) for v in value):
-        items, kind = value, "ids"
-    else:
-        items, kind = list(value), "text"  # type: ignore[call-overload]
-    if not items:
-        raise ProxyError(400, "'input' must not be empty", param="input", code="invalid_value")
-    if len(items) > max_inputs:
-        raise ProxyError(400, f"'input' has {len(items)} items; at most {max_inputs} per request",
-                         param="input", code="too_many_inputs")  # fmt: skip
-    for index, item in enumerate(items):
-        if len(item) == 0:
-            what = "string" if kind == "text" else "token array"
-            raise ProxyError(400, f"input {index} is an empty {what}", param="input", code="invalid_value")
-        if kind == "ids" and min(item) < 0:
-            raise ProxyError(400, f"input {index} holds a negative token id", param="input", code="invalid_value")
-    return kind, items
 
 
 def _shorten(result: EmbeddingResult, dimensions: int | None) -> np.ndarray:

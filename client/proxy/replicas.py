@@ -11,12 +11,13 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from bge_triton.model_facts import ModelFacts
 
 from ..errors import ModelNotReady, ServerUnavailable
+from ..m3_scoring import M3Vectors, Mode
 from ..triton_client import AsyncEmbeddingClient, EmbeddingResult
 
 log = logging.getLogger("bge_triton.proxy")
@@ -64,6 +65,9 @@ class ReplicaSet:
 
     async def embed_token_ids(self, ids: list[list[int]], *, truncate: bool) -> EmbeddingResult:
         return await self._call(lambda c: c.embed_token_ids(ids, truncate=truncate))
+
+    async def embed_m3(self, texts: list[str], *, modes: Sequence[Mode], query: bool) -> M3Vectors:
+        return await self._call(lambda c: c.embed_m3(texts, modes=modes, query=query))
 
     async def ready_replicas(self) -> list[str]:
         states = await asyncio.gather(*(c.is_ready() for c in self.clients.values()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 TokenIds = list[StrictInt]
 EmbeddingInput = StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
@@ -79,3 +79,68 @@ class ErrorResponse(BaseModel):
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return ErrorResponse(error=ErrorDetail(message=message, type=type_, param=param, code=code)).model_dump()
+
+
+# -- bge-m3: sparse, ColBERT and scoring -------------------------------------------------------
+M3Input = StrictStr | list[StrictStr]
+
+
+class SparseRequest(BaseModel):
+    """`POST /embed_sparse` (TEI's shape: `inputs`; OpenAI's `input` is accepted too)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    inputs: M3Input = Field(validation_alias=AliasChoices("inputs", "input"), description="A string or strings.")
+    model: StrictStr | None = Field(default=None, description="A served bge-m3 model (default: the only one).")
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float",
+        description="base64: per input {indices: little-endian int32, values: little-endian float32}, base64.",
+    )
+    input_type: Literal["query", "passage"] = "passage"
+
+
+class ColbertRequest(SparseRequest):
+    """`POST /embed_colbert`: per input its token vectors (base64: {shape, data} little-endian float32)."""
+
+
+class SparseValue(BaseModel):
+    index: int
+    value: float
+
+
+class ScoreWeights(BaseModel):
+    """Hybrid weights (FlagEmbedding's `weights_for_different_modes`; equal by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dense: Annotated[float, Field(ge=0)] = 1.0
+    sparse: Annotated[float, Field(ge=0)] = 1.0
+    colbert: Annotated[float, Field(ge=0)] = 1.0
+
+
+class SimilarityRequest(BaseModel):
+    """`POST /v1/similarity`: one query against N passages with every bge-m3 score."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    query: StrictStr
+    passages: list[StrictStr] = Field(validation_alias=AliasChoices("passages", "documents"))
+    model: StrictStr | None = None
+    weights: ScoreWeights = Field(default_factory=ScoreWeights)
+
+
+class PassageScore(BaseModel):
+    index: int
+    dense: float
+    sparse: float
+    colbert: float
+    sparse_dense: float = Field(serialization_alias="sparse+dense")
+    hybrid: float
+
+
+class SimilarityResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[PassageScore]
+    model: str
+    weights: ScoreWeights
+    usage: Usage
