@@ -293,10 +293,20 @@ def _add_bench_model(sub: argparse._SubParsersAction) -> None:
         "--config-dir",
         type=Path,
         default=None,
-        help="config + tokenizer directory (default: shared/models/bge-large-zh-v1.5)",
+        help="config + tokenizer directory (default: shared/models/bge-large-zh-v1.5, with --m3 shared/models/bge-m3)",
     )
     p.add_argument("--out", type=Path, required=True, help="where to save the checkpoint")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--m3",
+        action="store_true",
+        help="bge-m3 in FlagEmbedding's M3 layout (XLM-R + sparse_linear.pt + colbert_linear.pt, 8192 tokens); "
+        "full size unless --num-layers / --hidden-size scale it down",
+    )
+    p.add_argument("--num-layers", type=int, default=None, help="with --m3: transformer layers (bge-m3: 24)")
+    p.add_argument(
+        "--hidden-size", type=int, default=None, help="with --m3: hidden size (bge-m3: 1024; heads = hidden/16, max 16)"
+    )
     p.set_defaults(func=_cmd_bench_model)
 
 
@@ -304,6 +314,19 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
     from bge_triton.export.bench_model import make_bench_model
     from bge_triton.paths import shared_dir
 
+    if args.m3:
+        from bge_triton.export.m3_checkpoint import m3_config_dir, make_m3_checkpoint
+
+        config_dir = args.config_dir or m3_config_dir()
+        out = make_m3_checkpoint(
+            args.out, num_layers=args.num_layers, hidden_size=args.hidden_size, seed=args.seed, config_dir=config_dir
+        )
+        scaled = args.num_layers is not None or args.hidden_size is not None
+        print(f"saved a random-init {'scaled-down ' if scaled else ''}bge-m3 (M3 layout) to {out}")
+        return 0
+    if args.num_layers is not None or args.hidden_size is not None:
+        print("error: --num-layers / --hidden-size scale the --m3 model only", file=sys.stderr)
+        return 2
     config_dir = args.config_dir or shared_dir() / "models" / "bge-large-zh-v1.5"
     out = make_bench_model(config_dir, args.out, seed=args.seed)
     print(f"saved a random-init checkpoint with the config of {config_dir.name} to {out}")

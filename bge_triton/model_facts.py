@@ -19,6 +19,10 @@ Pooling = Literal["cls", "mean", "max", "lasttoken"]
 POOLING_MODES: tuple[str, ...] = ("cls", "mean", "max", "lasttoken")
 
 FACTS_FILE = "model_facts.json"
+# FlagEmbedding's BGEM3FlagModel head weights (torch Linear state dicts) in a bge-m3 checkpoint.
+SPARSE_LINEAR_FILE = "sparse_linear.pt"
+COLBERT_LINEAR_FILE = "colbert_linear.pt"
+M3_HEAD_FILES: tuple[str, ...] = (COLBERT_LINEAR_FILE, SPARSE_LINEAR_FILE)
 
 # BGE v1.5 retrieval instructions, as published with the models (FlagEmbedding's model cards).
 # They are not stored in the checkpoints' config files, so they are matched on the model id.
@@ -53,6 +57,9 @@ class ModelFacts:
     uses_token_type_ids: bool
     vocab_size: int
     precision: str = "fp32"
+    # bge-m3's layout: `sparse_linear.pt` and `colbert_linear.pt` beside the checkpoint (FlagEmbedding's
+    # BGEM3FlagModel heads); export then adds the sparse / ColBERT models and ensembles.
+    m3_heads: bool = False
 
     # -- reading from a checkpoint ---------------------------------------------------------
     @classmethod
@@ -81,6 +88,7 @@ class ModelFacts:
             uses_token_type_ids=int(config.get("type_vocab_size") or 0) > 1,
             vocab_size=int(config.get("vocab_size") or 0),
             precision=precision,
+            m3_heads=has_m3_heads(checkpoint),
         )
 
     # -- the repository's copy ---------------------------------------------------------------
@@ -137,7 +145,13 @@ class ModelFacts:
             uses_token_type_ids=as_bool(self.uses_token_type_ids),
             vocab_size=int(self.vocab_size),
             precision=str(self.precision),
+            m3_heads=as_bool(self.m3_heads),
         )
+
+
+def has_m3_heads(checkpoint: Path) -> bool:
+    """bge-m3's layout: both FlagEmbedding head files (`M3_HEAD_FILES`) beside the transformer checkpoint."""
+    return all((Path(checkpoint) / name).is_file() for name in M3_HEAD_FILES)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
@@ -11,7 +12,9 @@ from pathlib import Path
 from bge_triton.model_facts import ModelFacts
 
 from .checkpoint import default_name, resolve_checkpoint
+from .m3_heads import export_m3_heads, load_m3_heads, unused_token_ids
 from .onnx_export import (
+    EXTERNAL_DATA_THRESHOLD_BYTES,
     INT8_SCOPES,
     config_attention_shape,
     convert_precision,
@@ -21,8 +24,18 @@ from .onnx_export import (
     load_encoder,
     optimize_encoder,
 )
-from .parity import PROBE_TEXTS, OnnxPipeline, ParityReport, TorchReference, compare
-from .repository import BatchingOptions, Target, write_repository
+from .parity import (
+    PROBE_TEXTS,
+    M3OnnxPipeline,
+    M3TorchReference,
+    M3Vectors,
+    OnnxPipeline,
+    ParityReport,
+    TorchReference,
+    compare,
+    compare_m3,
+)
+from .repository import BatchingOptions, M3HeadFiles, Target, write_repository
 
 log = logging.getLogger("bge_triton.export")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
@@ -32,9 +45,17 @@ class ParityError(RuntimeError):
     """The exported graph does not reproduce the PyTorch reference closely enough."""
 
     def __init__(self, report: ParityReport):
+        m3 = report.m3
+        heads = (
+            f"; bge-m3 heads: sparse max abs diff {m3.sparse_max_abs_diff:.3g}, ColBERT score diff "
+            f"{m3.colbert_score_max_diff:.3g}, ColBERT count mismatches {m3.colbert_length_mismatches} "
+            f"(threshold {m3.threshold})"
+            if m3 is not None and not m3.passed
+            else ""
+        )
         super().__init__(
-            f"parity check failed: min cosine {report.min_cosine:.6f} < {report.threshold} "
-            f"({report.precision}, {report.texts} texts, max abs diff {report.max_abs_diff:.3g})"
+            f"parity check failed: min cosine {report.min_cosine:.6f} (threshold {report.threshold}, "
+            f"{report.precision}, {report.texts} texts, max abs diff {report.max_abs_diff:.3g}){heads}"
         )
         self.report = report
 
@@ -56,26 +77,44 @@ def export_model(
     target: Target = "local",
     opts: BatchingOptions | None = None,
     optimize: bool = True,
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD_BYTES,
 ) -> ExportResult:
     """Export `model` into `repository`; `optimize` runs ONNX Runtime's transformer optimiser (fused
     attention, skip-layernorm, bias-gelu) on the fp32 graph before any precision conversion. When the
-    optimised graph misses the parity floor (or the optimiser fails), the unoptimised graph is tried."""
+    optimised graph misses the parity floor (or the optimiser fails), the unoptimised graph is tried.
+
+    An encoder whose weights exceed `external_data_threshold` bytes is written as `model.onnx` +
+    `model.onnx.data` (bge-m3's fp32 encoder is over protobuf's 2 GiB; 0 forces it for any model).
+    A bge-m3 checkpoint (`facts.m3_heads`) also gets its sparse/ColBERT head models and ensembles, and the
+    parity check covers the heads' outputs against FlagEmbedding's maths."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
     started = time.perf_counter()
     checkpoint = resolve_checkpoint(model)
     facts = ModelFacts.from_checkpoint(checkpoint, name=name or default_name(model), source=model, precision=precision)
     log.info(
-        "exporting %s from %s: dim %d, max %d tokens, %s pooling%s, %s%s, target %s",
+        "exporting %s from %s: dim %d, max %d tokens, %s pooling%s, %s%s, target %s%s",
         facts.name, checkpoint, facts.dim, facts.max_tokens, facts.pooling,
         " + normalize" if facts.normalize else "", precision, ", optimized" if optimize else "", target,
+        ", bge-m3 sparse + ColBERT heads" if facts.m3_heads else "",
     )  # fmt: skip
     torch_model = load_encoder(checkpoint)
     with tempfile.TemporaryDirectory(prefix="bge-triton-export-") as tmp_dir:
         tmp = Path(tmp_dir)
         tokenizer_json = _tokenizer_json(checkpoint, tmp)
-        plain = export_encoder(torch_model, facts, tmp / "encoder.fp32.onnx", fusable_attention=optimize)
+        plain = export_encoder(
+            torch_model,
+            facts,
+            tmp / "encoder.fp32.onnx",
+            fusable_attention=optimize,
+            external_data_threshold=external_data_threshold,
+        )
         pooling = export_pooling(facts, tmp / "pooling.onnx")
+        m3_heads: M3HeadFiles | None = None
+        m3_reference: M3Vectors | None = None
+        if facts.m3_heads:
+            m3_layers = load_m3_heads(checkpoint)
+            m3_heads = export_m3_heads(m3_layers, facts, tmp, unused_token_ids(checkpoint, tokenizer_json))
         graphs: list[tuple[Path, bool]] = [(plain, False)]
         if optimize:
             try:
@@ -85,21 +124,39 @@ def export_model(
             except Exception as exc:  # the optimiser is a speed-up, never a reason to fail the export
                 log.warning("transformer optimiser failed (%r); keeping the unoptimised graph", exc)
         log.info("checking parity against PyTorch on %d probe texts", len(PROBE_TEXTS))
-        reference = TorchReference(checkpoint, facts, model=torch_model).embed(PROBE_TEXTS)
+        if facts.m3_heads:
+            m3_reference = M3TorchReference(checkpoint, facts, model=torch_model, heads=m3_layers).encode(PROBE_TEXTS)
+            reference = m3_reference.dense
+        else:
+            reference = TorchReference(checkpoint, facts, model=torch_model).embed(PROBE_TEXTS)
         for fp32, is_optimized in graphs:
             for scope in INT8_SCOPES if precision == "int8" else ("",):
                 suffix = ".opt" if is_optimized else ""
                 encoder = convert_precision(
                     fp32, precision, tmp / f"encoder.{precision}{suffix}.onnx", int8_scope=scope, optimized=is_optimized
                 )
-                candidate = OnnxPipeline(tokenizer_json, encoder, pooling, facts).embed(PROBE_TEXTS)
-                report = compare(reference, candidate, precision, int8_scope=scope, optimized=is_optimized)
+                if m3_heads is not None and m3_reference is not None:
+                    m3_candidate = M3OnnxPipeline(tokenizer_json, encoder, pooling, m3_heads, facts).encode(PROBE_TEXTS)
+                    report = compare(reference, m3_candidate.dense, precision, int8_scope=scope, optimized=is_optimized)
+                    m3 = compare_m3(m3_reference, m3_candidate, precision)
+                    report = dataclasses.replace(report, m3=m3, passed=report.passed and m3.passed)
+                else:
+                    candidate = OnnxPipeline(tokenizer_json, encoder, pooling, facts).embed(PROBE_TEXTS)
+                    report = compare(reference, candidate, precision, int8_scope=scope, optimized=is_optimized)
                 log.info(
                     "parity %s%s%s: min cosine %.6f, mean %.6f, max abs diff %.3g (threshold %s)",
                     "ok" if report.passed else "FAILED", " (optimized graph)" if is_optimized else "",
                     f" (int8 scope {scope})" if scope else "",
                     report.min_cosine, report.mean_cosine, report.max_abs_diff, report.threshold,
                 )  # fmt: skip
+                if report.m3 is not None:
+                    log.info(
+                        "bge-m3 heads: sparse max abs diff %.3g (%d of %d ids differ), ColBERT score max diff %.3g, "
+                        "vector max abs diff %.3g, %d count mismatches (threshold %s)",
+                        report.m3.sparse_max_abs_diff, report.m3.sparse_id_mismatches, report.m3.sparse_ids,
+                        report.m3.colbert_score_max_diff, report.m3.colbert_max_abs_diff,
+                        report.m3.colbert_length_mismatches, report.m3.threshold,
+                    )  # fmt: skip
                 if report.passed:
                     break
             if report.passed:
@@ -118,6 +175,7 @@ def export_model(
             target=target,
             opts=opts,
             parity_json=report.to_json(),
+            m3_heads=m3_heads,
         )
     seconds = time.perf_counter() - started
     log.info("wrote %s (%.1f s)", ensemble_dir.parent, seconds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
 
 OPSET = 17
 SEQUENCE = "sequence"  # the dynamic axis name the ONNX runner pads along
+# Graphs whose weights exceed this are written as `<file>` + `<file>.data` (ONNX external data): protobuf
+# cannot serialise a message over 2 GiB, and bge-m3's fp32 encoder is ~2.2 GB.
+EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
 log = logging.getLogger(__name__)
 
 
@@ -80,11 +84,19 @@ def encoder_input_names(facts: ModelFacts) -> list[str]:
     return names
 
 
-def export_encoder(model: nn.Module, facts: ModelFacts, out: Path, *, fusable_attention: bool = False) -> Path:
+def export_encoder(
+    model: nn.Module,
+    facts: ModelFacts,
+    out: Path,
+    *,
+    fusable_attention: bool = False,
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD_BYTES,
+) -> Path:
     """The encoder as ONNX. `fusable_attention` traces the "eager" attention (explicit MatMul/Softmax), the
-    pattern ONNX Runtime's transformer optimiser fuses; the default SDPA export is a pattern it does not know."""
+    pattern ONNX Runtime's transformer optimiser fuses; the default SDPA export is a pattern it does not know.
+    Weights over `external_data_threshold` bytes go to `<out>.data` beside the graph (0 forces it)."""
     with _attention_implementation(model, "eager" if fusable_attention else None):
-        return _export_encoder(model, facts, out)
+        return _export_encoder(model, facts, out, external_data_threshold)
 
 
 @contextlib.contextmanager
@@ -101,7 +113,7 @@ def _attention_implementation(model: nn.Module, implementation: str | None) -> I
         setter(previous)
 
 
-def _export_encoder(model: nn.Module, facts: ModelFacts, out: Path) -> Path:
+def _export_encoder(model: nn.Module, facts: ModelFacts, out: Path, external_data_threshold: int) -> Path:
     wrapper = EncoderForExport(model, facts.uses_token_type_ids).eval()
     names = encoder_input_names(facts)
     batch, seq = 2, 16
@@ -112,7 +124,9 @@ def _export_encoder(model: nn.Module, facts: ModelFacts, out: Path) -> Path:
     ][: len(names)]
     axes = {name: {0: "batch", 1: SEQUENCE} for name in names}
     axes["last_hidden_state"] = {0: "batch", 1: SEQUENCE}
-    _export(wrapper, tuple(dummy), out, names, ["last_hidden_state"], axes)
+    export_module(
+        wrapper, tuple(dummy), out, names, ["last_hidden_state"], axes, external_data_threshold=external_data_threshold
+    )
     return out
 
 
@@ -124,25 +138,99 @@ def export_pooling(facts: ModelFacts, out: Path) -> Path:
         "attention_mask": {0: "batch", 1: SEQUENCE},
         "embedding": {0: "batch"},
     }
-    _export(pooler, dummy, out, ["last_hidden_state", "attention_mask"], ["embedding"], axes)
+    export_module(pooler, dummy, out, ["last_hidden_state", "attention_mask"], ["embedding"], axes)
     return out
 
 
-def _export(module: nn.Module, args: tuple, out: Path, inputs: list[str], outputs: list[str], axes: dict) -> None:
+def export_module(
+    module: nn.Module,
+    args: tuple,
+    out: Path,
+    inputs: list[str],
+    outputs: list[str],
+    axes: dict,
+    *,
+    external_data_threshold: int | None = None,
+) -> Path:
+    """torch.onnx (TorchScript exporter, opset 17). With `external_data_threshold` set and the module's weights
+    over it, the graph is written as `out` + `out.data` (all tensors in one external data file)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about python control flow in HF code
-        torch.onnx.export(
-            module,
-            args,
-            str(out),
-            input_names=inputs,
-            output_names=outputs,
-            dynamic_axes=axes,
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    external = external_data_threshold is not None and weight_bytes(module) > external_data_threshold
+    # Over 2 GiB, the exporter itself writes one file per tensor beside its output: a scratch folder
+    # keeps those apart, and they are gathered into the one `<out>.data` file.
+    scratch = out.parent / f".{out.name}.scratch"
+    target = scratch / "model.onnx" if external else out
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about python control flow in HF code
+            torch.onnx.export(
+                module,
+                args,
+                str(target),
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        if external:
+            import onnx
+
+            save_onnx(onnx.load(str(target)), out, external=True)
+    finally:
+        if external:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return out
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (what the exported graph's initializers hold)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def external_data_file(graph: Path) -> Path:
+    """Where `save_onnx` puts a graph's external data: `<graph>.data` beside it."""
+    return graph.with_name(graph.name + ".data")
+
+
+def save_onnx(model: onnx.ModelProto, out: Path, *, external: bool) -> Path:
+    """Save a graph, with all its weights in `<out>.data` when `external` (needed past protobuf's 2 GiB)."""
+    import onnx
+
+    data = external_data_file(out)
+    if data.exists():
+        data.unlink()  # onnx appends to an existing data file
+    if external:
+        onnx.save_model(
+            model, str(out), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
+            size_threshold=1024,
+        )  # fmt: skip
+    else:
+        onnx.save_model(model, str(out))
+    return out
+
+
+def uses_external_data(graph: Path) -> bool:
+    """Whether a saved graph keeps (some of) its tensors in external data files."""
+    return bool(external_data_locations(graph))
+
+
+def external_data_locations(graph: Path) -> list[str]:
+    """The external data files a graph refers to (relative to its folder), in order of first use."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    model = onnx.load(str(graph), load_external_data=False)
+    locations: list[str] = []
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            location = next(e.value for e in tensor.external_data if e.key == "location")
+            if location not in locations:
+                locations.append(location)
+    return locations
 
 
 def optimize_encoder(fp32_path: Path, out: Path, *, num_heads: int = 0, hidden_size: int = 0) -> Path:
@@ -159,14 +247,15 @@ def optimize_encoder(fp32_path: Path, out: Path, *, num_heads: int = 0, hidden_s
     ("batch", "sequence") are kept.
     """
     import onnx
-    from onnx.external_data_helper import uses_external_data
     from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     options = FusionOptions("bert")
     options.attention_mask_format = AttentionMaskFormat.AttentionMask
     source = onnx.load(str(fp32_path), load_external_data=False)
-    external = any(uses_external_data(t) for t in source.graph.initializer)
+    external = uses_external_data(fp32_path)
+    if external_data_file(out).exists():
+        external_data_file(out).unlink()  # onnx appends to an existing data file
     with _quiet_root_logger():  # the optimiser logs every step at INFO
         optimized = optimize_model(
             str(fp32_path),
@@ -258,6 +347,9 @@ def convert_precision(
     `optimized`: the graph came from `optimize_encoder` (fused com.microsoft operators)."""
     if precision == "fp32":
         return fp32_path
+    external = uses_external_data(fp32_path)  # a graph with external data stays so (the file name follows `out`)
+    if external and external_data_file(out).exists():
+        external_data_file(out).unlink()
     if precision == "fp16":
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -270,11 +362,10 @@ def convert_precision(
             fused = OnnxModel(model)
             with _quiet_root_logger():
                 fused.convert_float_to_float16(keep_io_types=True)
-                fused.save_model_to_file(str(out))
+                fused.save_model_to_file(str(out), use_external_data_format=external)
             return out
         converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
-        onnx.save(converted, str(out))
-        return out
+        return save_onnx(converted, out, external=external)
     if precision == "int8":
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -287,6 +378,7 @@ def convert_precision(
                 per_channel=True,
                 op_types_to_quantize=["MatMul", "Attention"],
                 nodes_to_exclude=_int8_excluded(fp32_path, int8_scope),
+                use_external_data_format=external,
                 extra_options={
                     "MatMulConstBOnly": True,  # weights only; activation x activation stays fp32
                     # ONNX shape inference gives no types past com.microsoft operators; all are float here.

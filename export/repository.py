@@ -1,6 +1,16 @@
 """Write a Triton model repository: `<name>` ensemble = `<name>-tokenizer` -> `-encoder` -> `-pooling`,
 and `<name>-ids`, the same chain for callers who send token ids instead of text.
 
+A bge-m3 checkpoint (`facts.m3_heads`) adds its sparse and ColBERT heads, each an ONNX graph (`-sparse-head`,
+`-colbert-head`, targets as for the encoder) followed by numpy post-processing (`-sparse-post`, `-colbert-post`,
+`triton_models/m3_heads.py`), and three ensembles over the same tokenizer and encoder (TEXT [1] BYTES in):
+- `<name>-sparse`:  SPARSE_IDS INT64 [-1] (kept token ids, right-padded with -1), SPARSE_WEIGHTS FP32 [-1]
+  (aligned, padded with 0), TOKEN_COUNT, FULL_TOKEN_COUNT INT64 [1];
+- `<name>-colbert`: COLBERT FP32 [-1, d] (vectors, right-padded with zero rows), COLBERT_LENGTH INT64 [1],
+  TOKEN_COUNT, FULL_TOKEN_COUNT;
+- `<name>-m3`: EMBEDDING FP32 [dim] and all of the above from one encoder pass.
+The dense `<name>` ensemble is unchanged: dense-only callers never run the heads.
+
 Configs are built as `ModelConfig` protobuf messages (tritonclient's `model_config_pb2`) and
 written with `text_format`, so every generated config.pbtxt parses as Triton's own schema.
 
@@ -24,6 +34,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from bge_triton import triton_models
 from bge_triton.model_facts import FACTS_FILE, ModelFacts
+from bge_triton.triton_models.onnx_runner import DEFAULT_MAX_BATCH_TOKENS
+
+from .onnx_export import external_data_file, external_data_locations
 
 Target = Literal["local", "container-gpu"]
 TARGETS: tuple[str, ...] = ("local", "container-gpu")
@@ -51,6 +64,19 @@ class BatchingOptions:
     # (TensorRT execution accelerator; engines are built on the GPU host at load time).
     tensorrt: bool = False
     tensorrt_fp16: bool = True
+    # local target: rows x padded length per onnxruntime call (TEI's --max-batch-tokens); the runner sorts a
+    # dynamic batch's rows by length and runs sub-batches under it, so short texts are not padded to a long one.
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+
+
+@dataclass(frozen=True)
+class M3HeadFiles:
+    """What export hands over for a bge-m3 checkpoint's heads."""
+
+    sparse_onnx: Path  # last_hidden_state -> token_weights
+    colbert_onnx: Path  # last_hidden_state, attention_mask -> colbert_vecs
+    colbert_dim: int
+    unused_token_ids: tuple[int, ...]  # CLS, EOS, PAD, UNK: never in SPARSE_IDS
 
 
 def model_names(name: str) -> dict[str, str]:
@@ -60,6 +86,19 @@ def model_names(name: str) -> dict[str, str]:
         "tokenizer": f"{name}-tokenizer",
         "encoder": f"{name}-encoder",
         "pooling": f"{name}-pooling",
+    }
+
+
+def m3_model_names(name: str) -> dict[str, str]:
+    """The models a bge-m3 export adds next to `model_names`."""
+    return {
+        "sparse_ensemble": f"{name}-sparse",
+        "colbert_ensemble": f"{name}-colbert",
+        "m3_ensemble": f"{name}-m3",
+        "sparse_head": f"{name}-sparse-head",
+        "colbert_head": f"{name}-colbert-head",
+        "sparse_post": f"{name}-sparse-post",
+        "colbert_post": f"{name}-colbert-post",
     }
 
 
@@ -145,7 +184,15 @@ def _onnx_model_config(
         accelerator.parameters["trt_engine_cache_enable"] = "true"
         accelerator.parameters["trt_engine_cache_path"] = "/tmp/trt-cache"
     if local:
-        _set_params(config, {"onnx_file": "model.onnx", "pad_values": json.dumps(pad_values), "intra_op_threads": "0"})
+        _set_params(
+            config,
+            {
+                "onnx_file": "model.onnx",
+                "pad_values": json.dumps(pad_values),
+                "intra_op_threads": "0",
+                "max_batch_tokens": str(opts.max_batch_tokens),
+            },
+        )
     return config
 
 
@@ -171,6 +218,119 @@ def pooling_config(facts: ModelFacts, target: Target, opts: BatchingOptions) -> 
         pad_values={},
         instances=1,
     )
+
+
+def sparse_head_config(facts: ModelFacts, target: Target, opts: BatchingOptions) -> mc.ModelConfig:
+    return _onnx_model_config(
+        m3_model_names(facts.name)["sparse_head"],
+        target,
+        opts,
+        inputs=[("last_hidden_state", "fp32", [-1, facts.dim])],
+        outputs=[("token_weights", "fp32", [-1])],
+        pad_values={},
+        instances=1,
+    )
+
+
+def colbert_head_config(facts: ModelFacts, target: Target, opts: BatchingOptions, colbert_dim: int) -> mc.ModelConfig:
+    return _onnx_model_config(
+        m3_model_names(facts.name)["colbert_head"],
+        target,
+        opts,
+        inputs=[("last_hidden_state", "fp32", [-1, facts.dim]), ("attention_mask", "int64", [-1])],
+        outputs=[("colbert_vecs", "fp32", [-1, colbert_dim])],
+        pad_values={},
+        instances=1,
+    )
+
+
+def m3_post_config(facts: ModelFacts, opts: BatchingOptions, heads: M3HeadFiles, head: str) -> mc.ModelConfig:
+    """numpy post-processing (`triton_models/m3_heads.py`) for head "sparse" or "colbert"; CPU on both targets."""
+    config = mc.ModelConfig(name=m3_model_names(facts.name)[f"{head}_post"], backend="python")
+    config.max_batch_size = opts.max_batch_size
+    if head == "sparse":
+        config.input.append(_inp("INPUT_IDS", "int64", [-1], ragged=True))
+        config.input.append(_inp("TOKEN_WEIGHTS", "fp32", [-1], ragged=True))
+        config.output.append(_out("SPARSE_IDS", "int64", [-1]))
+        config.output.append(_out("SPARSE_WEIGHTS", "fp32", [-1]))
+    else:
+        config.input.append(_inp("COLBERT_VECS", "fp32", [-1, heads.colbert_dim], ragged=True))
+        config.input.append(_inp("ATTENTION_MASK", "int64", [-1], ragged=True))
+        config.output.append(_out("COLBERT", "fp32", [-1, heads.colbert_dim]))
+        config.output.append(_out("COLBERT_LENGTH", "int64", [1]))
+    _dynamic_batching(config, opts)
+    config.instance_group.append(mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU))
+    _set_params(config, {"head": head, "unused_token_ids": json.dumps(list(heads.unused_token_ids))})
+    return config
+
+
+def m3_ensemble_config(
+    facts: ModelFacts, opts: BatchingOptions, input_names: list[str], heads: M3HeadFiles, kind: str
+) -> mc.ModelConfig:
+    """`<name>-sparse` (kind "sparse"), `<name>-colbert` ("colbert") or `<name>-m3` ("m3"): TEXT in, one encoder
+    pass, then the heads the kind asks for."""
+    names, m3 = model_names(facts.name), m3_model_names(facts.name)
+    dense, sparse, colbert = kind == "m3", kind in ("sparse", "m3"), kind in ("colbert", "m3")
+    config = mc.ModelConfig(name=m3[f"{kind}_ensemble"], platform="ensemble", max_batch_size=opts.max_batch_size)
+    config.input.append(_inp("TEXT", "bytes", [1]))
+    if dense:
+        config.output.append(_out("EMBEDDING", "fp32", [facts.dim]))
+    if sparse:
+        config.output.append(_out("SPARSE_IDS", "int64", [-1]))
+        config.output.append(_out("SPARSE_WEIGHTS", "fp32", [-1]))
+    if colbert:
+        config.output.append(_out("COLBERT", "fp32", [-1, heads.colbert_dim]))
+        config.output.append(_out("COLBERT_LENGTH", "int64", [1]))
+    config.output.append(_out("TOKEN_COUNT", "int64", [1]))
+    config.output.append(_out("FULL_TOKEN_COUNT", "int64", [1]))
+    tokenizer_outputs = {"INPUT_IDS": "input_ids", "ATTENTION_MASK": "attention_mask"}
+    if "token_type_ids" in input_names:
+        tokenizer_outputs["TOKEN_TYPE_IDS"] = "token_type_ids"
+    tokenizer_outputs |= {"TOKEN_COUNT": "TOKEN_COUNT", "FULL_TOKEN_COUNT": "FULL_TOKEN_COUNT"}
+    steps = config.ensemble_scheduling.step
+    steps.add(model_name=names["tokenizer"], model_version=-1, input_map={"TEXT": "TEXT"}, output_map=tokenizer_outputs)
+    steps.add(
+        model_name=names["encoder"],
+        model_version=-1,
+        input_map={n: n for n in input_names},
+        output_map={"last_hidden_state": "last_hidden_state"},
+    )
+    hidden_and_mask = {"last_hidden_state": "last_hidden_state", "attention_mask": "attention_mask"}
+    if dense:
+        steps.add(
+            model_name=names["pooling"],
+            model_version=-1,
+            input_map=hidden_and_mask,
+            output_map={"embedding": "EMBEDDING"},
+        )
+    if sparse:
+        steps.add(
+            model_name=m3["sparse_head"],
+            model_version=-1,
+            input_map={"last_hidden_state": "last_hidden_state"},
+            output_map={"token_weights": "token_weights"},
+        )
+        steps.add(
+            model_name=m3["sparse_post"],
+            model_version=-1,
+            input_map={"INPUT_IDS": "input_ids", "TOKEN_WEIGHTS": "token_weights"},
+            output_map={"SPARSE_IDS": "SPARSE_IDS", "SPARSE_WEIGHTS": "SPARSE_WEIGHTS"},
+        )
+    if colbert:
+        steps.add(
+            model_name=m3["colbert_head"],
+            model_version=-1,
+            input_map=hidden_and_mask,
+            output_map={"colbert_vecs": "colbert_vecs"},
+        )
+        steps.add(
+            model_name=m3["colbert_post"],
+            model_version=-1,
+            input_map={"COLBERT_VECS": "colbert_vecs", "ATTENTION_MASK": "attention_mask"},
+            output_map={"COLBERT": "COLBERT", "COLBERT_LENGTH": "COLBERT_LENGTH"},
+        )
+    _set_params(config, facts.to_parameters())
+    return config
 
 
 def ensemble_config(
@@ -225,9 +385,32 @@ def _write_model(
     version.mkdir(parents=True)
     (folder / "config.pbtxt").write_text(config_text(config), encoding="utf-8")
     for dest, src in files.items():
-        shutil.copyfile(src, version / dest)
+        if dest.endswith(".onnx"):
+            copy_onnx(Path(src), version / dest)
+        else:
+            shutil.copyfile(src, version / dest)
     for dest, text in (extra or {}).items():
         (folder / dest).write_text(text, encoding="utf-8")
+
+
+def copy_onnx(source: Path, dest: Path) -> None:
+    """Copy a graph; one with external data gets it as `<dest>.data` (`model.onnx.data`) beside it."""
+    locations = external_data_locations(source)
+    if not locations:
+        shutil.copyfile(source, dest)
+        return
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    model = onnx.load(str(source), load_external_data=False)
+    renamed = {locations[0]: external_data_file(dest).name} if len(locations) == 1 else {}
+    for tensor in _get_all_tensors(model):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value in renamed:
+                entry.value = renamed[entry.value]
+    onnx.save_model(model, str(dest))  # the graph alone: its tensors stay in the data file
+    for location in locations:
+        shutil.copyfile(source.parent / location, dest.parent / renamed.get(location, location))
 
 
 def write_repository(
@@ -241,16 +424,21 @@ def write_repository(
     target: Target = "local",
     opts: BatchingOptions | None = None,
     parity_json: str | None = None,
+    m3_heads: M3HeadFiles | None = None,
 ) -> Path:
-    """Write (or replace) the model's five folders in `repository`; returns the text ensemble's folder."""
+    """Write (or replace) the model's five folders in `repository` (twelve for bge-m3: `m3_heads`, required
+    when `facts.m3_heads`); returns the text ensemble's folder."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r} (local, container-gpu)")
     opts = opts or BatchingOptions()
     if opts.tensorrt and target == "local":
         raise ValueError("TensorRT needs the container-gpu target (Triton's onnxruntime backend on a GPU)")
+    if facts.m3_heads and m3_heads is None:
+        raise ValueError(f"{facts.name} is a bge-m3 checkpoint (m3_heads): pass the exported heads (m3_heads=...)")
     repository = Path(repository)
     repository.mkdir(parents=True, exist_ok=True)
     names = model_names(facts.name)
+    folders = list(names.values())
     local = target == "local"
     runner = {"model.py": SOURCES_DIR / "onnx_runner.py"} if local else {}
     staging = Path(tempfile.mkdtemp(prefix=".bge-triton-", dir=repository.parent))
@@ -269,7 +457,9 @@ def write_repository(
         _write_model(staging, pooling_config(facts, target, opts), {"model.onnx": pooling_onnx, **runner})
         _write_model(staging, ensemble_config(facts, opts, input_names), {}, extra={FACTS_FILE: facts.to_json()})
         _write_model(staging, ensemble_config(facts, opts, input_names, ids=True), {})
-        for folder in names.values():
+        if m3_heads is not None:
+            folders += _write_m3_models(staging, facts, target, opts, input_names, m3_heads, runner)
+        for folder in folders:
             dest = repository / folder
             if dest.exists():
                 shutil.rmtree(dest)
@@ -277,3 +467,26 @@ def write_repository(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return repository / names["ensemble"]
+
+
+def _write_m3_models(
+    staging: Path,
+    facts: ModelFacts,
+    target: Target,
+    opts: BatchingOptions,
+    input_names: list[str],
+    heads: M3HeadFiles,
+    runner: dict[str, Path],
+) -> list[str]:
+    post = {"model.py": SOURCES_DIR / "m3_heads.py"}
+    _write_model(staging, sparse_head_config(facts, target, opts), {"model.onnx": heads.sparse_onnx, **runner})
+    _write_model(
+        staging,
+        colbert_head_config(facts, target, opts, heads.colbert_dim),
+        {"model.onnx": heads.colbert_onnx, **runner},
+    )
+    _write_model(staging, m3_post_config(facts, opts, heads, "sparse"), post)
+    _write_model(staging, m3_post_config(facts, opts, heads, "colbert"), post)
+    for kind in ("sparse", "colbert", "m3"):
+        _write_model(staging, m3_ensemble_config(facts, opts, input_names, heads, kind), {})
+    return list(m3_model_names(facts.name).values())

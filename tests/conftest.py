@@ -116,3 +116,32 @@ def dockerfile_entrypoint(dockerfile: Path) -> list[str]:
     lines = [line for line in dockerfile.read_text().splitlines() if line.startswith("ENTRYPOINT ")]
     assert lines, f"{dockerfile} has no ENTRYPOINT"
     return list(json.loads(lines[-1].removeprefix("ENTRYPOINT ")))
+
+
+# -- bge-m3 (issue 8): a tiny random-init M3 checkpoint, its export and a tritonserver serving it ---------------
+M3_MODEL = "bge-m3-tiny"
+
+
+@pytest.fixture(scope="session")
+def m3_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """bge-m3's architecture scaled down (2 layers, hidden 64, 4 heads; vocab 250002, 8194 positions) in the M3
+    layout, random weights with a fixed seed."""
+    from bge_triton.export.m3_checkpoint import make_m3_checkpoint
+
+    return make_m3_checkpoint(tmp_path_factory.mktemp("m3") / M3_MODEL, num_layers=2, hidden_size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def m3_export(m3_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
+    """The tiny bge-m3 exported (with its parity check) to a fresh `local` repository as `bge-m3-tiny`."""
+    return export_model(str(m3_checkpoint), tmp_path_factory.mktemp("m3_repository"), name=M3_MODEL)
+
+
+@pytest.fixture(scope="session")
+def m3_triton(m3_export: ExportResult, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonOptions]:
+    """A real tritonserver on free loopback ports serving the tiny bge-m3 repository."""
+    options = TritonOptions(
+        repository=m3_export.ensemble_dir.parent, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
+    )
+    with TritonServer(options, log_file=tmp_path_factory.mktemp("m3_triton") / "tritonserver.log"):
+        yield options

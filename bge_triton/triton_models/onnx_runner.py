@@ -2,28 +2,83 @@
 
 The NGC tritonserver image runs `model.onnx` with its own `onnxruntime_onnx` backend; outside the
 container that backend does not exist, so export copies this file to `<model>/1/model.py` beside
-the very same `model.onnx`. It needs only numpy and onnxruntime.
+the very same `model.onnx` (and its `model.onnx.data` when the weights live outside the graph). It needs
+only numpy and onnxruntime.
 
 The model's inputs are marked `allow_ragged_batch`, so Triton's dynamic batcher hands over
-requests of different sequence lengths together. `PaddedOnnxRunner.run` pads them to one length
-(axis 1, for every tensor whose ONNX axis 1 is named "sequence"), runs one onnxruntime call over
-the whole batch and slices each request's outputs back to its own length.
+requests of different sequence lengths together. `PaddedOnnxRunner.run` splits them into rows, sorts
+the rows by their real length (the `attention_mask` input's, else their request's padded width) and runs
+them in sub-batches under a token budget: rows x padded length <= `max_batch_tokens` (TEI's
+`--max-batch-tokens`; a single longer row runs alone), a row joining a sub-batch only when that does not
+pad it to more than twice its length (rows of up to 64 tokens always share). With an 8192-token window,
+one long text no longer pads every short text of the batch to its length. Each sub-batch is padded along axis 1 (every
+tensor whose ONNX axis 1 is named "sequence") to its own longest row; the outputs are scattered back
+to their requests, each sequence output at its request's own padded width; positions past a row's real
+length (masked anyway) are zeros, so a row's outputs do not depend on what it was batched with.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 SEQUENCE_AXIS_NAME = "sequence"
+LENGTH_INPUT = "attention_mask"  # a row's real length: its last non-zero position in this input, plus one
+DEFAULT_MAX_BATCH_TOKENS = 16384  # rows x padded length per onnxruntime call; 0 or less: one call for the batch
+# A row joins a sub-batch only when the sub-batch's longest row is at most PAD_RATIO times its length, or at most
+# SHORT_ROWS tokens (padding short rows costs little): a short text is never padded to a long one's length, even
+# when the budget would allow it (attention grows with the square of the padded length).
+PAD_RATIO = 2
+SHORT_ROWS = 64
+
+
+@dataclass(frozen=True)
+class RowRef:
+    """One row of one request: where it comes from and how many real tokens it has."""
+
+    request: int
+    row: int
+    length: int
+
+
+def plan_sub_batches(lengths: list[int], max_batch_tokens: int) -> list[list[int]]:
+    """Row indices grouped into sub-batches, longest rows first: each group's size x its longest length stays
+    within `max_batch_tokens` (a row longer than the budget alone), and a row joins a group only when the group's
+    longest row is at most `PAD_RATIO` x its length or `SHORT_ROWS` tokens; `max_batch_tokens` <= 0: one group."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    if max_batch_tokens <= 0:
+        return [order] if order else []
+    groups: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for index in order:
+        over_budget = (len(current) + 1) * longest > max_batch_tokens
+        too_short = longest > SHORT_ROWS and max(lengths[index], 1) * PAD_RATIO < longest
+        if current and (over_budget or too_short):
+            groups.append(current)
+            current = []
+        if not current:
+            longest = max(lengths[index], 1)
+        current.append(index)
+    if current:
+        groups.append(current)
+    return groups
 
 
 class PaddedOnnxRunner:
-    def __init__(self, onnx_path: str | Path, *, threads: int = 0, pad_values: dict[str, float] | None = None):
+    def __init__(
+        self,
+        onnx_path: str | Path,
+        *,
+        threads: int = 0,
+        pad_values: dict[str, float] | None = None,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    ):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads > 0:
@@ -35,12 +90,77 @@ class PaddedOnnxRunner:
         self._seq_inputs = {i.name for i in self.session.get_inputs() if _has_sequence_axis(i.shape)}
         self._seq_outputs = {o.name for o in self.session.get_outputs() if _has_sequence_axis(o.shape)}
         self._pad_values = pad_values or {}
+        self.max_batch_tokens = max_batch_tokens
+        # (rows, padded length) of each onnxruntime call made by the last `run` (what the token budget chose).
+        self.last_sub_batches: list[tuple[int, int]] = []
 
     def run(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-        """One onnxruntime call for all requests; returns each request's outputs."""
+        """Run all requests' rows in token-budgeted sub-batches; returns each request's outputs."""
         sizes = [next(iter(feeds.values())).shape[0] for feeds in requests]
-        lengths = [self._sequence_length(feeds) for feeds in requests]
-        longest = max(lengths) if lengths else 0
+        widths = [self._sequence_length(feeds) for feeds in requests]
+        rows = [
+            RowRef(r, i, length)
+            for r, feeds in enumerate(requests)
+            for i, length in enumerate(self._row_lengths(feeds, widths[r]))
+        ]
+        self.last_sub_batches = []
+        if not rows:
+            return self._run_whole(requests, sizes, widths)
+        answers: list[dict[str, np.ndarray]] = [{} for _ in requests]
+        for group in plan_sub_batches([row.length for row in rows], self.max_batch_tokens):
+            members = [rows[i] for i in group]
+            padded = max(row.length for row in members)
+            feeds = {name: self._gather(name, requests, members, padded) for name in self.input_names}
+            self.last_sub_batches.append((len(members), padded))
+            results = self.session.run(self.output_names, feeds)
+            for name, value in zip(self.output_names, results, strict=True):
+                for j, row in enumerate(members):
+                    self._scatter(answers, name, value[j], row, sizes, widths)
+        return answers
+
+    def _row_lengths(self, feeds: dict[str, np.ndarray], width: int) -> list[int]:
+        mask = feeds.get(LENGTH_INPUT) if LENGTH_INPUT in self._seq_inputs else None
+        size = next(iter(feeds.values())).shape[0]
+        if mask is None or mask.ndim != 2 or width == 0:
+            return [width] * size
+        nonzero = mask != 0
+        last = width - np.argmax(nonzero[:, ::-1], axis=1)  # one past the last real position
+        return [int(n) if any_real else 1 for n, any_real in zip(last, nonzero.any(axis=1), strict=True)]
+
+    def _gather(self, name: str, requests: list[dict[str, np.ndarray]], members: list[RowRef], padded: int):
+        first = requests[members[0].request][name]
+        if name not in self._seq_inputs:
+            return np.stack([requests[row.request][name][row.row] for row in members])
+        out = np.full((len(members), padded, *first.shape[2:]), self._pad_values.get(name, 0), dtype=first.dtype)
+        for j, row in enumerate(members):
+            source = requests[row.request][name][row.row]
+            keep = min(padded, source.shape[0])
+            out[j, :keep] = source[:keep]
+        return out
+
+    def _scatter(
+        self,
+        answers: list[dict[str, np.ndarray]],
+        name: str,
+        value: np.ndarray,
+        row: RowRef,
+        sizes: list[int],
+        widths: list[int],
+    ) -> None:
+        answer = answers[row.request]
+        if name not in answer:
+            shape = (sizes[row.request], widths[row.request], *value.shape[1:]) if name in self._seq_outputs else (
+                sizes[row.request], *value.shape)  # fmt: skip
+            answer[name] = np.zeros(shape, dtype=value.dtype)
+        if name in self._seq_outputs:
+            keep = min(value.shape[0], widths[row.request], row.length)
+            answer[name][row.row, :keep] = value[:keep]
+        else:
+            answer[name][row.row] = value
+
+    def _run_whole(self, requests: list[dict[str, np.ndarray]], sizes: list[int], widths: list[int]):
+        """One padded call for the whole batch (a batch without rows)."""
+        longest = max(widths) if widths else 0
         merged: dict[str, np.ndarray] = {}
         for name in self.input_names:
             parts = [feeds[name] for feeds in requests]
@@ -50,7 +170,7 @@ class PaddedOnnxRunner:
         results = self.session.run(self.output_names, merged)
         answers: list[dict[str, np.ndarray]] = []
         start = 0
-        for size, length in zip(sizes, lengths, strict=True):
+        for size, length in zip(sizes, widths, strict=True):
             answer = {}
             for name, value in zip(self.output_names, results, strict=True):
                 part = value[start : start + size]
@@ -88,10 +208,13 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         # intra-op threads: the config parameter, else $BGE_TRITON_ORT_THREADS, else onnxruntime's default
         threads = int(params.get("intra_op_threads", "0")) or int(os.environ.get("BGE_TRITON_ORT_THREADS", "0"))
+        # token budget per onnxruntime call: $BGE_TRITON_MAX_BATCH_TOKENS, else the config parameter
+        budget = os.environ.get("BGE_TRITON_MAX_BATCH_TOKENS") or params.get("max_batch_tokens")
         self._runner = PaddedOnnxRunner(
             version_dir / params.get("onnx_file", "model.onnx"),
             threads=threads,
             pad_values={k: float(v) for k, v in json.loads(params.get("pad_values", "{}")).items()},
+            max_batch_tokens=int(budget) if budget else DEFAULT_MAX_BATCH_TOKENS,
         )
         self._output_dtypes = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config.get("output", [])
