@@ -49,6 +49,14 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder-instances", type=int, default=1)
     p.add_argument("--pad-to-multiple-of", type=int, default=8)
     p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=16384,
+        help="local target: the encoder runs a dynamic batch as length-sorted sub-batches of at most this many "
+        "(padded) tokens, so one long text does not pad every short one to its length (like TEI's "
+        "--max-batch-tokens; $BGE_TRITON_MAX_BATCH_TOKENS overrides it at run time)",
+    )
+    p.add_argument(
         "--tensorrt",
         action="store_true",
         help="container-gpu: TensorRT execution accelerator in Triton's onnxruntime backend (FP16)",
@@ -68,6 +76,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         max_queue_delay_us=args.max_queue_delay_us,
         encoder_instances=args.encoder_instances,
         pad_to_multiple_of=args.pad_to_multiple_of,
+        max_batch_tokens=args.max_batch_tokens,
         max_queue_size=args.max_queue_size,
         queue_timeout_us=args.queue_timeout_ms * 1000,
         tensorrt=args.tensorrt,
