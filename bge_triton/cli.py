@@ -356,7 +356,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "--repository", type=Path, default=None, help="its exported model repository (default: the embedded model's)"
     )
     p.add_argument("--model", default=None, help="served name (default: the only model in the repository)")
-    p.add_argument("--workload", default="sentence", choices=("short", "sentence", "passage", "full", "mix"))
+    p.add_argument(
+        "--workload",
+        default="sentence",
+        choices=("short", "sentence", "passage", "full", "long", "mix"),
+        help="tokens per text: short 16, sentence 64, passage 256, full 512, long 8192 (capped at the model's "
+        "window), mix",
+    )
     p.add_argument("--systems", default=",".join(ALL_SYSTEMS), help=f"comma-separated subset of {ALL_SYSTEMS}")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="thread budget of every system")
     p.add_argument("--texts", type=int, default=256, help="texts in the saturation run")

@@ -50,3 +50,11 @@ def test_harness_runs_every_system_and_writes_json(exported: ExportResult, tmp_p
     assert saved["mean_tokens_per_text"] == pytest.approx(64, abs=1)
     assert {"triton_vs_onnxruntime", "proxy_vs_onnxruntime", "triton_vs_infinity"} <= set(saved["ratios"])
     assert "| onnxruntime" in format_table(saved) and "throughput ratios" in format_table(saved)
+
+
+def test_the_bench_command_offers_every_workload() -> None:
+    from bge_triton.bench.workloads import WORKLOADS
+    from bge_triton.cli import build_parser
+
+    for workload in WORKLOADS:
+        assert build_parser().parse_args(["bench", "--workload", workload]).workload == workload
