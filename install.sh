@@ -2,7 +2,8 @@
 # Create .venv and install bge-triton (with its test extras) into it.
 #   ./install.sh                      the service and its tests
 #   ./install.sh --with-bench-tools   also the benchmark peers (NVIDIA perf_analyzer, infinity-emb) and
-#                                     Debian's nginx for the load-balancer test
+#                                     Debian's nginx for the load-balancer test and Debian's chromium for
+#                                     the web page's browser test
 # torch is pinned first so pip takes the local CPU wheel where one exists (TORCH_SPEC overrides it).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -18,4 +19,5 @@ if [ "${1:-}" = "--with-bench-tools" ]; then
   PATH="$(pwd)/.venv/bin:$PATH" bash bench/install_perf_analyzer.sh
   bash bench/install_infinity.sh
   bash deploy/install_nginx.sh
+  bash deploy/install_chromium.sh
 fi

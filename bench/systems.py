@@ -103,7 +103,10 @@ class TritonSystem(System):
         if self.client is None:
             from bge_triton.client import AsyncEmbeddingClient
 
-            self.client = AsyncEmbeddingClient(self.options.grpc_url, model=self.spec.model, max_concurrency=64)
+            # 8192-token texts take over a minute each on CPU: the default 30 s per call would cut them off.
+            self.client = AsyncEmbeddingClient(
+                self.options.grpc_url, model=self.spec.model, max_concurrency=64, timeout_s=900
+            )
         await self.client.embed(texts)
 
     def stop(self) -> None:

@@ -20,9 +20,10 @@ def _stamp() -> str:
     from bge_triton.export.checkpoint import EMBEDDED_DEFAULT_ID
 
     digest = hashlib.sha256(f"{__version__} {EMBEDDED_DEFAULT_ID}".encode())
-    for package in (triton_models, export):
-        for source in sorted(Path(package.__file__).parent.glob("*.py")):
-            digest.update(source.read_bytes())
+    sources = [p for package in (triton_models, export) for p in sorted(Path(package.__file__).parent.glob("*.py"))]
+    sources += [Path(__file__).with_name("model_names.py"), Path(__file__).with_name("model_facts.py")]
+    for source in sources:
+        digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
 
 

@@ -7,7 +7,8 @@ in input order and maps failures to `errors`; `_Transport` is the thin layer tha
 tritonclient, whose sync and asyncio clients have the same method names (the asyncio ones return
 coroutines, which the async client awaits).
 
-Texts go to the `<name>` ensemble (TEXT), token ids to `<name>-ids` (TOKEN_IDS). The model's facts
+Texts go to the `<name>` ensemble (TEXT), token ids to `<name>-ids` (TOKEN_IDS), texts to be shown as
+tokens (`tokenize`) to `<name>-tokenize`. The model's facts
 (dimension, token window, instructions) are read from the ensemble's config.pbtxt `parameters`,
 as written by the export, and never re-derived here; `list_models` lists the ensembles that
 carry them.
@@ -29,8 +30,8 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from bge_triton.export.repository import model_names
 from bge_triton.model_facts import FactsError, ModelFacts
+from bge_triton.model_names import model_names
 
 from .errors import (
     EmbeddingError,
@@ -63,6 +64,8 @@ INPUT_NAME = "TEXT"
 IDS_INPUT_NAME = "TOKEN_IDS"  # the `<name>-ids` ensemble: token ids, rows right-padded with ID_PADDING
 ID_PADDING = -1
 OUTPUT_NAMES: tuple[str, ...] = ("EMBEDDING", "TOKEN_COUNT", "FULL_TOKEN_COUNT")
+# The `<name>-tokenize` model: every token of a text, untruncated (triton_models/tokenize_model.py).
+TOKENIZE_OUTPUTS: tuple[str, ...] = ("TOKEN_IDS", "TOKEN_OFFSETS", "TOKEN_SPECIAL", "TOKENS", "TOKEN_COUNT")
 
 T = TypeVar("T")
 
@@ -81,6 +84,21 @@ class EmbeddingResult:
     @property
     def total_tokens(self) -> int:
         return int(self.token_counts.sum())
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    """One text's whole tokenization (not cut to the model's window: `len(t) > facts.max_tokens` is a text
+    the model truncates, to its first `max_tokens` tokens)."""
+
+    text: str  # the text as tokenized: with the model's query or passage instruction in front
+    ids: np.ndarray  # int64 [n]
+    offsets: np.ndarray  # int64 [n, 2]: [start, stop) character offsets into `text`; [0, 0] for special tokens
+    special: np.ndarray  # bool [n]: [CLS], [SEP], <s>, </s>...
+    tokens: list[str]  # the vocabulary's strings ("##ing", "▁hello")
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 def instruction(facts: ModelFacts, *, query: bool) -> str:
@@ -474,6 +492,64 @@ class _ClientCore:
             token_counts=_unsorted(counts, plan.order) if plan.order is not None else counts,
         )
 
+    def tokenize_plan(self, texts: list[str], *, query: bool) -> _Plan:
+        """The prefixed texts as BYTES [k, 1] chunks for the `<name>-tokenize` model."""
+        plan = self.text_plan(texts, query=query)
+        tokenize = model_names(plan.model)["tokenize"]
+        return _Plan(tokenize, plan.input_name, plan.datatype, plan.chunks, plan.order, TOKENIZE_OUTPUTS)
+
+    def tokenize_call(
+        self, transport: _Transport, plan: _Plan, chunk: np.ndarray, *, add_special_tokens: bool
+    ) -> Callable[[], Any]:
+        """`infer_call` for the tokenize model, with ADD_SPECIAL_TOKENS when it is not the default."""
+        if add_special_tokens:
+            return self.infer_call(transport, plan, chunk)
+        text = self.module.InferInput(plan.input_name, list(chunk.shape), plan.datatype)
+        text.set_data_from_numpy(chunk)
+        flag = self.module.InferInput("ADD_SPECIAL_TOKENS", [len(chunk), 1], "BOOL")
+        flag.set_data_from_numpy(np.zeros((len(chunk), 1), dtype=np.bool_))
+        outputs = [self.module.InferRequestedOutput(name) for name in plan.outputs]
+        return lambda: transport.infer(plan.model, [text, flag], outputs)
+
+    def tokenize_failure(self, error: EmbeddingError, plan: _Plan) -> EmbeddingError:
+        """A repository exported before `<name>-tokenize` existed answers "unknown model": say what to do."""
+        if isinstance(error, ModelNotFound):
+            return ModelNotFound(
+                f"{self.model!r} has no {plan.model!r} model on {self.url} (its export predates tokenization "
+                f"support): export the model again with `bge-triton export` ({error.message})"
+            )
+        return error
+
+    def parse_tokens(self, result: Any, chunk: np.ndarray) -> list[TokenizedText]:
+        rows = len(chunk)
+        columns = {name: result.as_numpy(name) for name in TOKENIZE_OUTPUTS}
+        missing = [name for name, value in columns.items() if value is None or len(value) != rows]
+        if missing:
+            raise ServerError(f"model '{self.model}-tokenize' did not return {', '.join(missing)} for {rows} texts")
+        ids = np.asarray(columns["TOKEN_IDS"], dtype=np.int64).reshape(rows, -1)
+        offsets = np.asarray(columns["TOKEN_OFFSETS"], dtype=np.int64).reshape(rows, -1, 2)
+        special = np.asarray(columns["TOKEN_SPECIAL"]).astype(np.bool_).reshape(rows, -1)
+        tokens = np.asarray(columns["TOKENS"], dtype=np.object_).reshape(rows, -1)
+        counts = np.asarray(columns["TOKEN_COUNT"], dtype=np.int64).reshape(-1)
+        out = []
+        for r in range(rows):
+            n = int(counts[r])
+            raw = chunk[r, 0]
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+            pieces = [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t) for t in tokens[r, :n]]
+            out.append(TokenizedText(text, ids[r, :n].copy(), offsets[r, :n].copy(), special[r, :n].copy(), pieces))
+        return out
+
+    @staticmethod
+    def assemble_tokens(plan: _Plan, parts: list[list[TokenizedText]]) -> list[TokenizedText]:
+        flat = [t for part in parts for t in part]
+        if plan.order is None:
+            return flat
+        out: list[Any] = [None] * len(flat)
+        for position, index in enumerate(plan.order):
+            out[int(index)] = flat[position]
+        return out
+
     def ids_plan(self, rows: list[np.ndarray]) -> _Plan:
         """Token-id rows as INT64 [k, longest] chunks, right-padded with -1, for `<name>-ids`."""
         assert self.model is not None
@@ -727,6 +803,26 @@ class EmbeddingClient(_ClientBase):
         p = self.embed_m3(passages)
         return score_passages(q, p, weights)
 
+    def tokenize(
+        self, texts: str | Iterable[str], *, query: bool = False, add_special_tokens: bool = True
+    ) -> list[TokenizedText]:
+        """Every token of each text, not truncated (`<name>-tokenize`), with the model's query (or passage)
+        instruction in front as `embed` sends it; offsets index `TokenizedText.text`, the prefixed text."""
+        items = as_text_list(texts)
+        self.connect()
+        core = self._core
+        plan = core.tokenize_plan(items, query=query)
+
+        def infer(chunk: np.ndarray) -> list[TokenizedText]:
+            call = core.tokenize_call(self._transport, plan, chunk, add_special_tokens=add_special_tokens)
+            try:
+                result = self._call(call)
+            except EmbeddingError as exc:
+                raise core.tokenize_failure(exc, plan) from exc
+            return core.parse_tokens(result, chunk)
+
+        return core.assemble_tokens(plan, self._map(infer, plan.chunks))
+
     def _run(self, plan: _Plan, *, truncate: bool) -> EmbeddingResult:
         def infer(chunk: np.ndarray) -> _Part:
             return self._core.parse(self._call(self._core.infer_call(self._transport, plan, chunk)), len(chunk))
@@ -877,6 +973,24 @@ class AsyncEmbeddingClient(_ClientBase):
     ) -> list[PassageScores]:
         q, p = await asyncio.gather(self.embed_m3([query], query=True), self.embed_m3(passages))
         return score_passages(q, p, weights)
+
+    async def tokenize(
+        self, texts: str | Iterable[str], *, query: bool = False, add_special_tokens: bool = True
+    ) -> list[TokenizedText]:
+        items = as_text_list(texts)
+        await self.connect()
+        core = self._core
+        plan = core.tokenize_plan(items, query=query)
+
+        async def infer(chunk: np.ndarray) -> list[TokenizedText]:
+            call = core.tokenize_call(self._transport, plan, chunk, add_special_tokens=add_special_tokens)
+            try:
+                result = await self._call(call)
+            except EmbeddingError as exc:
+                raise core.tokenize_failure(exc, plan) from exc
+            return core.parse_tokens(result, chunk)
+
+        return core.assemble_tokens(plan, await self._map(infer, plan.chunks))
 
     async def _run(self, plan: _Plan, *, truncate: bool) -> EmbeddingResult:
         async def infer(chunk: np.ndarray) -> _Part:

@@ -1,5 +1,6 @@
 """Write a Triton model repository: `<name>` ensemble = `<name>-tokenizer` -> `-encoder` -> `-pooling`,
-and `<name>-ids`, the same chain for callers who send token ids instead of text.
+and `<name>-ids`, the same chain for callers who send token ids instead of text, and `<name>-tokenize`
+(every token of a text, untruncated, with offsets: what the proxy's `POST /tokenize` answers).
 
 A bge-m3 checkpoint (`facts.m3_heads`) adds its sparse and ColBERT heads, each an ONNX graph (`-sparse-head`,
 `-colbert-head`, targets as for the encoder) followed by numpy post-processing (`-sparse-post`, `-colbert-post`,
@@ -34,6 +35,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from bge_triton import triton_models
 from bge_triton.model_facts import FACTS_FILE, ModelFacts
+from bge_triton.model_names import m3_model_names, model_names
 from bge_triton.triton_models.onnx_runner import DEFAULT_MAX_BATCH_TOKENS
 
 from .onnx_export import external_data_file, external_data_locations
@@ -46,6 +48,7 @@ TYPE = {
     "bytes": mc.TYPE_STRING,
     "int64": mc.TYPE_INT64,
     "fp32": mc.TYPE_FP32,
+    "bool": mc.TYPE_BOOL,
 }
 
 
@@ -77,29 +80,6 @@ class M3HeadFiles:
     colbert_onnx: Path  # last_hidden_state, attention_mask -> colbert_vecs
     colbert_dim: int
     unused_token_ids: tuple[int, ...]  # CLS, EOS, PAD, UNK: never in SPARSE_IDS
-
-
-def model_names(name: str) -> dict[str, str]:
-    return {
-        "ensemble": name,
-        "ids_ensemble": f"{name}-ids",
-        "tokenizer": f"{name}-tokenizer",
-        "encoder": f"{name}-encoder",
-        "pooling": f"{name}-pooling",
-    }
-
-
-def m3_model_names(name: str) -> dict[str, str]:
-    """The models a bge-m3 export adds next to `model_names`."""
-    return {
-        "sparse_ensemble": f"{name}-sparse",
-        "colbert_ensemble": f"{name}-colbert",
-        "m3_ensemble": f"{name}-m3",
-        "sparse_head": f"{name}-sparse-head",
-        "colbert_head": f"{name}-colbert-head",
-        "sparse_post": f"{name}-sparse-post",
-        "colbert_post": f"{name}-colbert-post",
-    }
 
 
 def _inp(name: str, dtype: str, dims: list[int], *, ragged: bool = False, optional: bool = False) -> mc.ModelInput:
@@ -152,6 +132,24 @@ def tokenizer_config(facts: ModelFacts, opts: BatchingOptions) -> mc.ModelConfig
             "pad_to_multiple_of": str(opts.pad_to_multiple_of),
         },
     )
+    return config
+
+
+def tokenize_config(facts: ModelFacts, opts: BatchingOptions) -> mc.ModelConfig:
+    """`<name>-tokenize`: every token of a text, untruncated, with offsets (`triton_models/tokenize_model.py`).
+    It carries no model facts, so clients never take it for an embedding model."""
+    config = mc.ModelConfig(name=model_names(facts.name)["tokenize"], backend="python")
+    config.max_batch_size = opts.max_batch_size
+    config.input.append(_inp("TEXT", "bytes", [1]))
+    config.input.append(_inp("ADD_SPECIAL_TOKENS", "bool", [1], optional=True))
+    config.output.append(_out("TOKEN_IDS", "int64", [-1]))
+    config.output.append(_out("TOKEN_OFFSETS", "int64", [-1, 2]))
+    config.output.append(_out("TOKEN_SPECIAL", "bool", [-1]))
+    config.output.append(_out("TOKENS", "bytes", [-1]))
+    config.output.append(_out("TOKEN_COUNT", "int64", [1]))
+    _dynamic_batching(config, opts)
+    config.instance_group.append(mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU))
+    _set_params(config, {"tokenizer_file": "tokenizer.json", "window": str(facts.max_tokens)})
     return config
 
 
@@ -426,7 +424,7 @@ def write_repository(
     parity_json: str | None = None,
     m3_heads: M3HeadFiles | None = None,
 ) -> Path:
-    """Write (or replace) the model's five folders in `repository` (twelve for bge-m3: `m3_heads`, required
+    """Write (or replace) the model's six folders in `repository` (thirteen for bge-m3: `m3_heads`, required
     when `facts.m3_heads`); returns the text ensemble's folder."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r} (local, container-gpu)")
@@ -447,6 +445,15 @@ def write_repository(
             staging,
             tokenizer_config(facts, opts),
             {"model.py": SOURCES_DIR / "tokenizer.py", "tokenizer.json": tokenizer_json},
+        )
+        _write_model(
+            staging,
+            tokenize_config(facts, opts),
+            {
+                "model.py": SOURCES_DIR / "tokenize_model.py",
+                "tokenizer.py": SOURCES_DIR / "tokenizer.py",
+                "tokenizer.json": tokenizer_json,
+            },
         )
         _write_model(
             staging,

@@ -176,7 +176,8 @@ def test_model_and_facts_come_from_the_config_parameters(
 
 
 def test_list_models_names_the_text_ensembles(triton: TritonOptions, facts: ModelFacts) -> None:
-    # The repository also holds `-ids`, `-tokenizer`, `-encoder` and `-pooling`: none takes TEXT.
+    # The repository also holds `-ids`, `-tokenizer`, `-encoder`, `-pooling` and `-tokenize` (which takes TEXT but
+    # carries no model facts): only the ensemble is an embedding model.
     assert list_models(triton.grpc_url) == {MODEL: facts}
     assert asyncio.run(list_models_async(triton.http_url, "http")) == {MODEL: facts}
 

@@ -45,7 +45,7 @@ def test_every_config_parses(both_targets: dict[str, Path], target: str) -> None
     configs = sorted(both_targets[target].glob("*/config.pbtxt"))
     assert [p.parent.name for p in configs] == [
         "all-MiniLM-L6-v2", "all-MiniLM-L6-v2-encoder", "all-MiniLM-L6-v2-ids", "all-MiniLM-L6-v2-pooling",
-        "all-MiniLM-L6-v2-tokenizer",
+        "all-MiniLM-L6-v2-tokenize", "all-MiniLM-L6-v2-tokenizer",
     ]  # fmt: skip
     for path in configs:
         config = _parse(path)
@@ -56,7 +56,8 @@ def test_every_config_parses(both_targets: dict[str, Path], target: str) -> None
 
 def test_targets_differ_only_in_encoder_and_pooling(both_targets: dict[str, Path]) -> None:
     local, gpu = both_targets["local"], both_targets["container-gpu"]
-    for model in ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2-ids", "all-MiniLM-L6-v2-tokenizer"):
+    for suffix in ("", "-ids", "-tokenizer", "-tokenize"):
+        model = f"all-MiniLM-L6-v2{suffix}"
         assert (local / model / "config.pbtxt").read_text() == (gpu / model / "config.pbtxt").read_text()
     for model in ("all-MiniLM-L6-v2-encoder", "all-MiniLM-L6-v2-pooling"):
         lc, gc = _parse(local / model / "config.pbtxt"), _parse(gpu / model / "config.pbtxt")

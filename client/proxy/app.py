@@ -27,6 +27,7 @@ from .metrics import ProxyMetrics
 from .registry import ModelRegistry
 from .schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelCard, ModelList
 from .settings import ProxySettings
+from .ui_routes import install_ui_routes
 
 log = logging.getLogger("bge_triton.proxy")
 ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 503)}
@@ -177,6 +178,7 @@ def create_app(settings: ProxySettings) -> FastAPI:
         return OrjsonResponse(payload)
 
     install_m3_routes(app, registry, settings, metrics)
+    install_ui_routes(app, registry, settings, metrics)
 
     @app.get("/v1/models", response_model=ModelList)
     async def list_models() -> ModelList:
@@ -225,7 +227,7 @@ def _served_names(registry: ModelRegistry, settings: ProxySettings):  # -> Itera
 def _card(name: str, facts) -> ModelCard:  # facts: ModelFacts
     return ModelCard(
         id=name, dimensions=facts.dim, max_tokens=facts.max_tokens, pooling=facts.pooling,
-        query_instruction=facts.query_instruction, passage_instruction=facts.passage_instruction,
+        query_instruction=facts.query_instruction, passage_instruction=facts.passage_instruction, m3=facts.m3_heads,
     )  # fmt: skip
 
 

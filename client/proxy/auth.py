@@ -2,7 +2,8 @@
 
 Without keys configured every request is let through with any key (OpenAI-SDK users of local
 servers send `EMPTY`). `/health` and `/ready` stay open for load balancers and orchestrators;
-`/metrics` is open unless `protect_metrics` is set. Keys are never logged.
+`/metrics` is open unless `protect_metrics` is set; the web page's static files (`GET /ui`, `/ui/...`) are open,
+and the page asks for the key and sends it with each API call. Keys are never logged.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .errors import error_response
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
+UI_PATH = "/ui"  # the web page's static files: open, the page sends the user's key with its API calls
 KEYS_ENV = "BGE_TRITON_API_KEYS"  # comma-separated
 
 
@@ -56,7 +58,11 @@ class ApiKeyAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        exempt = path in OPEN_PATHS or (path == "/metrics" and not self.protect_metrics)
+        exempt = (
+            path in OPEN_PATHS
+            or (path == "/metrics" and not self.protect_metrics)
+            or (scope.get("method") in ("GET", "HEAD") and (path == UI_PATH or path.startswith(UI_PATH + "/")))
+        )
         if scope["type"] != "http" or not self.keys or exempt or self.allowed(_bearer(scope)):
             await self.app(scope, receive, send)
             return

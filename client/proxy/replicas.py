@@ -18,7 +18,7 @@ from bge_triton.model_facts import ModelFacts
 
 from ..errors import ModelNotReady, ServerUnavailable
 from ..m3_scoring import M3Vectors, Mode
-from ..triton_client import AsyncEmbeddingClient, EmbeddingResult
+from ..triton_client import AsyncEmbeddingClient, EmbeddingResult, TokenizedText
 
 log = logging.getLogger("bge_triton.proxy")
 T = TypeVar("T")
@@ -68,6 +68,9 @@ class ReplicaSet:
 
     async def embed_m3(self, texts: list[str], *, modes: Sequence[Mode], query: bool) -> M3Vectors:
         return await self._call(lambda c: c.embed_m3(texts, modes=modes, query=query))
+
+    async def tokenize(self, texts: list[str], *, query: bool, add_special_tokens: bool = True) -> list[TokenizedText]:
+        return await self._call(lambda c: c.tokenize(texts, query=query, add_special_tokens=add_special_tokens))
 
     async def ready_replicas(self) -> list[str]:
         states = await asyncio.gather(*(c.is_ready() for c in self.clients.values()))

@@ -59,6 +59,7 @@ class ModelCard(BaseModel):
     pooling: str
     query_instruction: str  # prepended for input_type=query
     passage_instruction: str  # prepended for input_type=passage (e5's "passage: "; empty for bge)
+    m3: bool = False  # bge-m3: /embed_sparse, /embed_colbert and /v1/similarity serve it too
 
 
 class ModelList(BaseModel):
