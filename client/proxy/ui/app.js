@@ -422,7 +422,9 @@ function tokenCard(text, instruction, prefixLength, tokens, limit, index) {
   if (over) {
     const warn = document.createElement("span");
     warn.className = "tok-over";
-    warn.textContent = "over the window by " + (count - limit) + ": the model embeds the first " + limit + " tokens";
+    warn.textContent =
+      "over the window by " + (count - limit) + ": the model embeds the first " + cut + " tokens" +
+      (suffix ? " and the closing special token" : "");
     head.append(warn);
   }
   card.append(head);
