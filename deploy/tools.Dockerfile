@@ -8,5 +8,6 @@ COPY pyproject.toml README.md ./
 COPY bge_triton ./bge_triton
 COPY export ./export
 COPY client ./client
+COPY bench ./bench
 RUN pip install .
 ENTRYPOINT ["bge-triton"]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 import yaml
 from conftest import dockerfile_entrypoint
@@ -82,3 +83,17 @@ def test_proxy_image_needs_no_model_tooling() -> None:
     assert wanted and set(wanted) <= {d.split("#")[0].strip() for d in pyproject}
     dockerfile = (ROOT / "deploy/proxy.Dockerfile").read_text()
     assert "pip install -r proxy-requirements.txt" in dockerfile and "pip install --no-deps ." in dockerfile
+
+
+@pytest.mark.parametrize("dockerfile", ["deploy/tools.Dockerfile", "deploy/proxy.Dockerfile"])
+def test_images_copy_every_folder_the_package_is_built_from(dockerfile: str) -> None:
+    """`pip install .` inside the image needs every package-dir folder of pyproject.toml (and the metadata)."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {path.split("/")[0] for path in setuptools["package-dir"].values()}
+    copied = {
+        source.rstrip("/")
+        for line in (ROOT / dockerfile).read_text().splitlines()
+        if line.startswith("COPY ")
+        for source in line.split()[1:-1]  # COPY SRC... DEST
+    }
+    assert folders | {"pyproject.toml", "README.md"} <= copied, sorted(folders - copied)
