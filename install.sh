@@ -18,6 +18,5 @@ echo "installed bge-triton into $(pwd)/.venv ($(.venv/bin/python -c 'import torc
 if [ "${1:-}" = "--with-bench-tools" ]; then
   PATH="$(pwd)/.venv/bin:$PATH" bash bench/install_perf_analyzer.sh
   bash bench/install_infinity.sh
-  bash deploy/install_nginx.sh
-  bash deploy/install_chromium.sh
+  bash deploy/install_debian_packages.sh nginx chromium fonts-wqy-microhei
 fi

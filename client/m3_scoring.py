@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bge_triton.model_names import m3_model_names, model_names
+
 Mode = str  # "dense" | "sparse" | "colbert"
 MODES: tuple[Mode, ...] = ("dense", "sparse", "colbert")
 
@@ -36,10 +38,9 @@ def m3_ensemble(name: str, modes: Sequence[Mode]) -> str:
     if unknown or not wanted:
         raise ValueError(f"modes must be a non-empty subset of {MODES}, got {sorted(modes)}")
     if wanted == {"dense"}:
-        return name
-    if len(wanted) == 1:
-        return f"{name}-{next(iter(wanted))}"
-    return f"{name}-m3"
+        return model_names(name)["ensemble"]
+    kind = next(iter(wanted)) if len(wanted) == 1 else "m3"
+    return m3_model_names(name)[f"{kind}_ensemble"]
 
 
 @dataclass(frozen=True)

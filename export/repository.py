@@ -262,6 +262,24 @@ def m3_post_config(facts: ModelFacts, opts: BatchingOptions, heads: M3HeadFiles,
     return config
 
 
+def _tokenize_and_encode_steps(config: mc.ModelConfig, name: str, input_names: list[str], source: str) -> None:
+    """The ensemble steps every embedding ensemble starts with: `<name>-tokenizer` on `source` (TEXT or
+    TOKEN_IDS), then `<name>-encoder` -> `last_hidden_state`; the tokenizer's counts become the ensemble's."""
+    names = model_names(name)
+    tokenizer_outputs = {"INPUT_IDS": "input_ids", "ATTENTION_MASK": "attention_mask"}
+    if "token_type_ids" in input_names:
+        tokenizer_outputs["TOKEN_TYPE_IDS"] = "token_type_ids"
+    tokenizer_outputs |= {"TOKEN_COUNT": "TOKEN_COUNT", "FULL_TOKEN_COUNT": "FULL_TOKEN_COUNT"}
+    steps = config.ensemble_scheduling.step
+    steps.add(model_name=names["tokenizer"], model_version=-1, input_map={source: source}, output_map=tokenizer_outputs)
+    steps.add(
+        model_name=names["encoder"],
+        model_version=-1,
+        input_map={n: n for n in input_names},
+        output_map={"last_hidden_state": "last_hidden_state"},
+    )
+
+
 def m3_ensemble_config(
     facts: ModelFacts, opts: BatchingOptions, input_names: list[str], heads: M3HeadFiles, kind: str
 ) -> mc.ModelConfig:
@@ -281,18 +299,8 @@ def m3_ensemble_config(
         config.output.append(_out("COLBERT_LENGTH", "int64", [1]))
     config.output.append(_out("TOKEN_COUNT", "int64", [1]))
     config.output.append(_out("FULL_TOKEN_COUNT", "int64", [1]))
-    tokenizer_outputs = {"INPUT_IDS": "input_ids", "ATTENTION_MASK": "attention_mask"}
-    if "token_type_ids" in input_names:
-        tokenizer_outputs["TOKEN_TYPE_IDS"] = "token_type_ids"
-    tokenizer_outputs |= {"TOKEN_COUNT": "TOKEN_COUNT", "FULL_TOKEN_COUNT": "FULL_TOKEN_COUNT"}
+    _tokenize_and_encode_steps(config, facts.name, input_names, "TEXT")
     steps = config.ensemble_scheduling.step
-    steps.add(model_name=names["tokenizer"], model_version=-1, input_map={"TEXT": "TEXT"}, output_map=tokenizer_outputs)
-    steps.add(
-        model_name=names["encoder"],
-        model_version=-1,
-        input_map={n: n for n in input_names},
-        output_map={"last_hidden_state": "last_hidden_state"},
-    )
     hidden_and_mask = {"last_hidden_state": "last_hidden_state", "attention_mask": "attention_mask"}
     if dense:
         steps.add(
@@ -343,21 +351,8 @@ def ensemble_config(
     config.output.append(_out("EMBEDDING", "fp32", [facts.dim]))
     config.output.append(_out("TOKEN_COUNT", "int64", [1]))
     config.output.append(_out("FULL_TOKEN_COUNT", "int64", [1]))
-    tokenizer_outputs = {"INPUT_IDS": "input_ids", "ATTENTION_MASK": "attention_mask"}
-    if "token_type_ids" in input_names:
-        tokenizer_outputs["TOKEN_TYPE_IDS"] = "token_type_ids"
-    tokenizer_outputs |= {"TOKEN_COUNT": "TOKEN_COUNT", "FULL_TOKEN_COUNT": "FULL_TOKEN_COUNT"}
-    steps = config.ensemble_scheduling.step
-    steps.add(
-        model_name=names["tokenizer"], model_version=-1, input_map={source[0]: source[0]}, output_map=tokenizer_outputs
-    )
-    steps.add(
-        model_name=names["encoder"],
-        model_version=-1,
-        input_map={n: n for n in input_names},
-        output_map={"last_hidden_state": "last_hidden_state"},
-    )
-    steps.add(
+    _tokenize_and_encode_steps(config, facts.name, input_names, source[0])
+    config.ensemble_scheduling.step.add(
         model_name=names["pooling"],
         model_version=-1,
         input_map={"last_hidden_state": "last_hidden_state", "attention_mask": "attention_mask"},

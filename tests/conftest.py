@@ -6,10 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -145,3 +149,29 @@ def m3_triton(m3_export: ExportResult, tmp_path_factory: pytest.TempPathFactory)
     )
     with TritonServer(options, log_file=tmp_path_factory.mktemp("m3_triton") / "tritonserver.log"):
         yield options
+
+
+@contextmanager
+def background_load(url: str, body: dict[str, Any], *, workers: int = 4) -> Iterator[Counter[object]]:
+    """`workers` threads POSTing `body` to `url` back to back while the block runs; yields the live tally of
+    answers by HTTP status (a request that got no answer counts under its exception's name)."""
+    statuses: Counter[object] = Counter()
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    statuses[client.post(url, json=body).status_code] += 1
+                except httpx.HTTPError as exc:  # a lost request
+                    statuses[type(exc).__name__] += 1
+
+    threads = [threading.Thread(target=load) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    try:
+        yield statuses
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()

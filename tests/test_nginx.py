@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 import httpx
 import numpy as np
 import pytest
+from conftest import background_load
 
 from bge_triton.client import EmbeddingClient
 from bge_triton.launcher import TritonOptions, free_port
@@ -132,29 +132,11 @@ def test_triton_grpc_and_http_through_nginx(balanced: tuple[Nginx, list[Service]
 def test_killed_proxy_loses_no_request_behind_nginx(balanced: tuple[Nginx, list[Service], NginxLayout]) -> None:
     nginx, proxies, _ = balanced
     body = {"model": MODEL, "input": ["a request that must not be lost"] * 4, "encoding_format": "base64"}
-    statuses: Counter[object] = Counter()
-    stop = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(timeout=30) as client:
-            while not stop.is_set():
-                try:
-                    statuses[client.post(f"{nginx.proxy_url}/v1/embeddings", json=body).status_code] += 1
-                except httpx.HTTPError as exc:
-                    statuses[type(exc).__name__] += 1
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
+    with background_load(f"{nginx.proxy_url}/v1/embeddings", body) as statuses:
         time.sleep(1.5)
         before = sum(statuses.values())
         proxies[0].process.send_signal(signal.SIGKILL)
         time.sleep(3)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     assert proxies[0].process.wait(timeout=10) == -signal.SIGKILL
     assert set(statuses) == {200}, statuses  # nginx retried every request the dead proxy dropped
     assert sum(statuses.values()) > before + 10  # and kept serving on the survivor

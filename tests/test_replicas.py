@@ -6,15 +6,14 @@ import contextlib
 import re
 import signal
 import socket
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 import psutil
+from conftest import background_load
 
 from bge_triton.launcher import free_port
 
@@ -60,21 +59,7 @@ def test_sigkilled_replica_loses_no_request_and_rejoins(repository: Path, spawn:
     assert ready["replicas"]["all-MiniLM-L6-v2"] == [f"127.0.0.1:{grpc}", f"127.0.0.1:{grpc + 100}"]
     second_metrics = f"http://127.0.0.1:{metrics + 100}/metrics"
 
-    statuses: Counter[object] = Counter()
-    stop = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(timeout=30) as client:
-            while not stop.is_set():
-                try:
-                    statuses[client.post(f"{served.url}/v1/embeddings", json=BODY).status_code] += 1
-                except httpx.HTTPError as exc:  # a lost request
-                    statuses[type(exc).__name__] += 1
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
+    with background_load(f"{served.url}/v1/embeddings", BODY) as statuses:
         time.sleep(2)
         assert _successes(f"http://127.0.0.1:{metrics}/metrics") > 0 and _successes(second_metrics) > 0  # both used
         victim = next(
@@ -89,10 +74,6 @@ def test_sigkilled_replica_loses_no_request_and_rejoins(repository: Path, spawn:
             with contextlib.suppress(httpx.TransportError):
                 rejoined = _successes(second_metrics) > 0  # the restarted replica serves again
         time.sleep(1)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     assert rejoined, served.log_text()[-3000:]
     assert set(statuses) == {200}, statuses  # zero failed requests at the client
     assert sum(statuses.values()) > 20

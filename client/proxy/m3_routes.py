@@ -64,15 +64,20 @@ def install_m3_routes(app: FastAPI, registry: ModelRegistry, settings: ProxySett
         metrics.tokens.labels(name).observe(int(result.token_counts.sum()))
         return result
 
+    async def one_mode(body: SparseRequest, request: Request, mode: Mode) -> M3Vectors:
+        """`/embed_sparse` and `/embed_colbert`: the request's texts through the one-mode ensemble."""
+        name, replicas = await m3_model(body.model, request)
+        texts = normalise_texts(body.inputs, settings.max_inputs, param="inputs")
+        request.state.inputs = len(texts)
+        result = await vectors(replicas, name, texts, (mode,), query=body.input_type == "query")
+        request.state.tokens = int(result.token_counts.sum())
+        return result
+
     @app.post("/embed_sparse")
     async def embed_sparse(body: SparseRequest, request: Request) -> Response:
         """Per input its lexical weights: `[{"index": token_id, "value": weight}, ...]` (TEI's shape)."""
         async with admitted(app, settings.max_in_flight, metrics):
-            name, replicas = await m3_model(body.model, request)
-            texts = normalise_texts(body.inputs, settings.max_inputs, param="inputs")
-            request.state.inputs = len(texts)
-            result = await vectors(replicas, name, texts, ("sparse",), query=body.input_type == "query")
-            request.state.tokens = int(result.token_counts.sum())
+            result = await one_mode(body, request, "sparse")
             assert result.sparse is not None
             rows = [sorted(weights.items()) for weights in result.sparse]
             if body.encoding_format == "base64":
@@ -89,11 +94,7 @@ def install_m3_routes(app: FastAPI, registry: ModelRegistry, settings: ProxySett
     async def embed_colbert(body: ColbertRequest, request: Request) -> Response:
         """Per input its ColBERT vectors: a list of unit vectors, one per token after the first."""
         async with admitted(app, settings.max_in_flight, metrics):
-            name, replicas = await m3_model(body.model, request)
-            texts = normalise_texts(body.inputs, settings.max_inputs, param="inputs")
-            request.state.inputs = len(texts)
-            result = await vectors(replicas, name, texts, ("colbert",), query=body.input_type == "query")
-            request.state.tokens = int(result.token_counts.sum())
+            result = await one_mode(body, request, "colbert")
             assert result.colbert is not None
             if body.encoding_format == "base64":
                 payload: list = [{"shape": list(v.shape), "data": _b64(v, "<f4")} for v in result.colbert]
