@@ -24,7 +24,7 @@ from bge_triton.model_facts import read_facts
 from bge_triton.triton_models.onnx_runner import DEFAULT_MAX_BATCH_TOKENS, PaddedOnnxRunner
 
 
-def _requests(lengths: list[int], vocab: int, pad: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+def _requests(lengths: list[int], vocab: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """One single-row request per length (as Triton's dynamic batcher hands them over), random ids."""
     rng = np.random.default_rng(seed)
     out = []
@@ -32,18 +32,18 @@ def _requests(lengths: list[int], vocab: int, pad: int, seed: int = 0) -> list[d
         ids = rng.integers(5, vocab, size=(1, n), dtype=np.int64)
         ids[0, 0], ids[0, -1] = 0, 2  # <s> ... </s>
         out.append({"input_ids": ids, "attention_mask": np.ones((1, n), dtype=np.int64)})
-    assert pad >= 0
     return out
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak so far (the budgeted run goes first, so its figure is its own)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run(repository: Path, model: str, long: int, short: int, shorts: int, threads: int) -> dict[str, object]:
     facts = read_facts(repository / model)
     encoder = repository / f"{model}-encoder/1/model.onnx"
-    requests = _requests([long] + [short] * shorts, facts.vocab_size, facts.pad_token_id)
+    requests = _requests([long] + [short] * shorts, facts.vocab_size)
     rows: dict[str, dict[str, object]] = {}
     outputs: dict[str, list[dict[str, np.ndarray]]] = {}
     for label, budget in (("token budget", DEFAULT_MAX_BATCH_TOKENS), ("one padded call", 0)):
