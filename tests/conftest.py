@@ -25,7 +25,6 @@ from bge_triton.launcher import TritonOptions, TritonServer, free_port
 from bge_triton.model_facts import ModelFacts
 
 MODEL = MINILM_NAME
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 @pytest.fixture(scope="session")

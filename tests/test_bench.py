@@ -11,9 +11,8 @@ from bge_triton.bench.harness import ALL_SYSTEMS, BenchOptions, format_table, ru
 from bge_triton.bench.workloads import make_texts
 from bge_triton.export.checkpoint import minilm_dir
 from bge_triton.export.exporter import ExportResult
+from bge_triton.package_data import model_config_dir
 from bge_triton.triton_models.tokenizer import TextTokenizer
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 @pytest.mark.parametrize(("workload", "tokens"), [("short", 16), ("sentence", 64), ("passage", 256)])
@@ -28,7 +27,7 @@ def test_workloads_are_defined_by_token_length(exported: ExportResult, workload:
 
 
 def test_chinese_text_for_the_bge_zh_vocabulary(tmp_path: Path) -> None:
-    texts = make_texts(SHARED / "models/bge-large-zh-v1.5/tokenizer.json", "mix", 50, 512)
+    texts = make_texts(model_config_dir("bge-large-zh-v1.5") / "tokenizer.json", "mix", 50, 512)
     assert all(any("\u4e00" <= ch <= "\u9fff" for ch in t) for t in texts)
     assert len({len(t) for t in texts}) > 2  # the mix has several lengths
 

@@ -41,9 +41,9 @@ from bge_triton.evaluation.runner import (
     resolve_sts_input_type,
     run_command,
 )
-from bge_triton.paths import shared_dir
+from bge_triton.package_data import eval_data_dir
 
-DATA = shared_dir() / "data"
+DATA = eval_data_dir()
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ def test_cosine_rows() -> None:
 
 
 # -- datasets -----------------------------------------------------------------------------------
-def test_shared_set_sizes() -> None:
+def test_shipped_set_sizes() -> None:
     zh = load_task("sts-zh", DATA)
     assert len(zh) == 1361 and zh.kind == "sts"
     assert all(0 <= s <= 5 for s in zh.scores)

@@ -27,8 +27,7 @@ from bge_triton.export.exporter import ExportResult, ParityError, export_model
 from bge_triton.export.onnx_export import INT8_SCOPES, fused_operators
 from bge_triton.export.parity import PROBE_TEXTS, OnnxPipeline, TorchReference
 from bge_triton.model_facts import read_facts
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from bge_triton.package_data import model_config_dir
 
 
 def test_parity_report_beside_the_encoder(exported: ExportResult) -> None:
@@ -104,9 +103,7 @@ def test_reduced_precisions_pass_their_parity_floor(tmp_path: Path, precision: s
 
 
 def test_no_optimize_exports_the_plain_graph(tmp_path: Path) -> None:
-    code = cli.main(
-        ["export", "--model", MINILM_ID, "--name", "m", "--no-optimize", "--repository", str(tmp_path)]
-    )
+    code = cli.main(["export", "--model", MINILM_ID, "--name", "m", "--no-optimize", "--repository", str(tmp_path)])
     assert code == 0
     report = json.loads((tmp_path / "m-encoder/parity.json").read_text())
     assert report["optimized"] is False and report["passed"] and report["min_cosine"] >= 0.9999
@@ -205,7 +202,7 @@ def test_hub_id_loads_from_the_hub_cache_offline(tmp_path: Path) -> None:
 def test_bench_model_goes_through_the_same_export(tmp_path: Path) -> None:
     """A random-init model from bge-large-zh-v1.5's config and tokenizer (shrunk here to stay fast)."""
     config_dir = tmp_path / "bge-config"
-    shutil.copytree(SHARED / "models/bge-large-zh-v1.5", config_dir)
+    shutil.copytree(model_config_dir("bge-large-zh-v1.5"), config_dir)
     cfg = json.loads((config_dir / "config.json").read_text())
     cfg |= {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
     (config_dir / "config.json").write_text(json.dumps(cfg))

@@ -19,9 +19,9 @@ from bge_triton.export.checkpoint import MINILM_ID
 from bge_triton.export.exporter import ExportResult, export_model
 from bge_triton.export.parity import OnnxPipeline
 from bge_triton.model_facts import ModelFacts
+from bge_triton.package_data import eval_data_dir
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-STS = SHARED / "data/en-stsbenchmark.tsv.gz"
+STS = eval_data_dir() / "en-stsbenchmark.tsv.gz"
 PAIRS = 200
 MIN_SCORE = 4.0
 

@@ -21,11 +21,11 @@ from bge_triton.export.exporter import export_model
 from bge_triton.export.parity import TorchReference, cosine_rows
 from bge_triton.launcher import TritonOptions, TritonServer, free_port
 from bge_triton.model_facts import ModelFacts
+from bge_triton.package_data import model_config_dir
 
 if TYPE_CHECKING:
     from conftest import Service  # the spawn fixture's process type
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MINILM = "all-MiniLM-L6-v2"
 BGE = "bge-small-zh-v1.5"  # a shrunken random-init model with bge-zh's tokenizer and query instruction
 INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
@@ -34,7 +34,7 @@ INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
 @pytest.fixture(scope="module")
 def bge_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config_dir = tmp_path_factory.mktemp("bge-config")
-    shutil.copytree(SHARED / "models/bge-large-zh-v1.5", config_dir, dirs_exist_ok=True)
+    shutil.copytree(model_config_dir("bge-large-zh-v1.5"), config_dir, dirs_exist_ok=True)
     cfg = json.loads((config_dir / "config.json").read_text())
     cfg |= {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
     (config_dir / "config.json").write_text(json.dumps(cfg))

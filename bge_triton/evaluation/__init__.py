@@ -1,8 +1,8 @@
 """`bge-triton eval`: retrieval and STS quality measured against a live service.
 
 The evaluation goes through what users get, the OpenAI-compatible proxy (`ProxyEmbedder`) or
-Triton itself through the client library (`TritonEmbedder`), on the evaluation sets described in
-the shared data folder (`datasets`), with plain numpy/scipy metrics (`metrics`); `runner` ties
+Triton itself through the client library (`TritonEmbedder`), on the evaluation sets shipped in the
+package or the user's own files (`datasets`), with plain numpy/scipy metrics (`metrics`); `runner` ties
 them together, with a progress bar, a results table and an optional JSON report.
 
 Names are imported from the submodules on first use, so that building the CLI's parser (which

@@ -1,8 +1,8 @@
 """The evaluation sets: STS pairs (TSV) and retrieval queries with positives/negatives (JSONL).
 
-A task is named either by a short name of one of the shared sets (`TASKS`), resolved inside a data
-folder (`--data-dir`, else $BGE_TRITON_DATA, else `../shared/data` relative to the current working
-directory), or by a path: `*.tsv` / `*.tsv.gz` is an STS set, `*.jsonl` a retrieval set.
+A task is named either by a short name of one of the shipped sets (`TASKS`), resolved inside a data
+folder (`--data-dir`, else $BGE_TRITON_DATA, else the sets shipped in the package, `bge_triton/data/eval`),
+or by a path: `*.tsv` / `*.tsv.gz` is an STS set, `*.jsonl` a retrieval set.
 
 STS files are `sentence1<TAB>sentence2<TAB>score` (an optional header row is skipped), or have a
 header naming `sentence1`, `sentence2` and `score` columns, and possibly a `split` column (the STS
@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from bge_triton.package_data import eval_data_dir
 
 DATA_ENV = "BGE_TRITON_DATA"
 
@@ -94,11 +96,11 @@ EvalSet = StsSet | RetrievalSet
 
 
 def default_data_dir() -> Path:
-    """$BGE_TRITON_DATA, else `../shared/data` relative to the current working directory."""
+    """$BGE_TRITON_DATA, else the evaluation sets shipped in the package."""
     explicit = os.environ.get(DATA_ENV)
     if explicit:
         return Path(explicit).expanduser()
-    return Path.cwd() / ".." / "shared" / "data"
+    return eval_data_dir()
 
 
 def resolve_task(task: str, data_dir: Path | None = None) -> tuple[str, TaskKind, Path, str | None]:

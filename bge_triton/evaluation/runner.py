@@ -33,7 +33,7 @@ class EvalOptions:
     """What to evaluate and how hard to push the service."""
 
     tasks: tuple[str, ...] = DEFAULT_TASKS
-    data_dir: Path | None = None  # None: $BGE_TRITON_DATA, else ../shared/data from the working directory
+    data_dir: Path | None = None  # None: $BGE_TRITON_DATA, else the sets shipped in the package
     batch_size: int = 64
     concurrency: int = 4
     limit: int | None = None  # first N pairs / queries of each task
