@@ -4,9 +4,10 @@
 FROM python:3.11-slim
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
-COPY deploy/proxy-requirements.txt ./
-RUN pip install -r proxy-requirements.txt
-COPY pyproject.toml README.md ./
+# The versions install.sh pins (constraints.txt), so the image runs what the tests ran.
+COPY deploy/proxy-requirements.txt constraints.txt ./
+RUN pip install -c constraints.txt -r proxy-requirements.txt
+COPY pyproject.toml README.md LICENSE ./
 COPY bge_triton ./bge_triton
 COPY export ./export
 COPY client ./client

@@ -2,12 +2,13 @@
 FROM python:3.11-slim
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 WORKDIR /app
-# CPU torch is enough to export (the GPU runs the ONNX graph inside Triton).
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4"
-COPY pyproject.toml README.md ./
+# The versions install.sh pins (constraints.txt). CPU torch is enough to export (the GPU runs the ONNX graph in Triton).
+COPY constraints.txt ./
+RUN pip install -c constraints.txt --index-url https://download.pytorch.org/whl/cpu torch
+COPY pyproject.toml README.md LICENSE ./
 COPY bge_triton ./bge_triton
 COPY export ./export
 COPY client ./client
 COPY bench ./bench
-RUN pip install .
+RUN pip install -c constraints.txt .
 ENTRYPOINT ["bge-triton"]

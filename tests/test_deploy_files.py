@@ -82,7 +82,8 @@ def test_proxy_image_needs_no_model_tooling() -> None:
     ]  # fmt: skip
     assert wanted and set(wanted) <= {d.split("#")[0].strip() for d in pyproject}
     dockerfile = (ROOT / "deploy/proxy.Dockerfile").read_text()
-    assert "pip install -r proxy-requirements.txt" in dockerfile and "pip install --no-deps ." in dockerfile
+    assert "pip install -c constraints.txt -r proxy-requirements.txt" in dockerfile
+    assert "pip install --no-deps ." in dockerfile
 
 
 @pytest.mark.parametrize("dockerfile", ["deploy/tools.Dockerfile", "deploy/proxy.Dockerfile"])
@@ -96,4 +97,10 @@ def test_images_copy_every_folder_the_package_is_built_from(dockerfile: str) -> 
         if line.startswith("COPY ")
         for source in line.split()[1:-1]  # COPY SRC... DEST
     }
-    assert folders | {"pyproject.toml", "README.md"} <= copied, sorted(folders - copied)
+    assert folders | {"pyproject.toml", "README.md", "LICENSE", "constraints.txt"} <= copied, sorted(folders - copied)
+    installs = [
+        line
+        for line in (ROOT / dockerfile).read_text().splitlines()
+        if "pip install" in line and "--no-deps" not in line
+    ]
+    assert installs and all("-c constraints.txt" in line for line in installs), installs  # the pinned versions
