@@ -13,19 +13,12 @@ from typing import TYPE_CHECKING
 
 from bge_triton import __version__
 from bge_triton.cli_help import ArgumentParser
+from bge_triton.service_log import service_urls, setup_logging
 
 if TYPE_CHECKING:
     from bge_triton.client.proxy.settings import ProxySettings
 
 log = logging.getLogger("bge_triton")
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -216,7 +209,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from bge_triton.default_repository import ensure_default_repository
-    from bge_triton.launcher import LaunchError, TritonOptions, TritonServer, TritonSupervisor, ensure_port_free
+    from bge_triton.launcher import (
+        LaunchError,
+        TritonOptions,
+        TritonServer,
+        TritonSupervisor,
+        ensure_port_free,
+        gpu_present,
+    )
 
     servers: list[TritonServer] = []
     stop = threading.Event()
@@ -246,6 +246,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         ]
         signal.signal(signal.SIGINT, forward)
         signal.signal(signal.SIGTERM, forward)
+        if not gpu_present():
+            log.info("no GPU found: serving on CPU (Triton's CUDA, NVML and DCGM probes are logged at DEBUG)")
         for options in replicas:
             servers.append(TritonServer(options))
             servers[-1].start()
@@ -256,11 +258,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         for server in servers:
             server.stop()
         return 1
-    for options in replicas:
-        log.info(
-            "Triton ready on %s: HTTP %s  gRPC %s  metrics %s",
-            repository, options.http_url, options.grpc_url, options.metrics_url,
-        )  # fmt: skip
+    log.info("Triton ready: %d tritonserver(s) serving %s", len(replicas), repository)
+    triton_urls = [(o.http_url, o.grpc_url, o.metrics_url) for o in replicas]
     # From here on the supervisors own Triton: a signal only asks the launcher to stop (uvicorn
     # installs its own handlers while it runs and re-raises the signal into these afterwards).
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -276,16 +275,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         supervisor.start()
     try:
         if args.no_proxy:
+            log.info(service_urls(args.host, None, triton_urls))
             while not stop.is_set() and not gave_up.is_set():
                 stop.wait(0.5)
         elif not stop.is_set():  # uvicorn handles SIGINT/SIGTERM from here on: drain, then return
             from bge_triton.client.proxy.server import run_proxy
 
-            run_proxy(_proxy_settings(args, [o.grpc_url for o in replicas], "grpc", args.host))
+            run_proxy(
+                _proxy_settings(args, [o.grpc_url for o in replicas], "grpc", args.host),
+                on_started=lambda: log.info(service_urls(args.host, args.proxy_port, triton_urls)),
+            )
     finally:
         log.info("stopping tritonserver")
-        for supervisor in supervisors:
-            supervisor.stop()
+        codes = [supervisor.stop() for supervisor in supervisors]
+        log.info("bge-triton serve stopped (tritonserver exit code %s)", ", ".join(map(str, codes)))
     return 1 if gave_up.is_set() else 0
 
 
@@ -312,7 +315,8 @@ def _cmd_serve_proxy(args: argparse.Namespace) -> int:
     from bge_triton.client.proxy.server import run_proxy
 
     urls = [u.strip() for item in args.triton_url for u in item.split(",") if u.strip()] or ["127.0.0.1:8001"]
-    run_proxy(_proxy_settings(args, urls, args.protocol, args.host))
+    line = f"{service_urls(args.host, args.proxy_port)} (in front of Triton at {', '.join(urls)})"
+    run_proxy(_proxy_settings(args, urls, args.protocol, args.host), on_started=lambda: log.info(line))
     return 0
 
 
@@ -625,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     return int(args.func(args))
 
 

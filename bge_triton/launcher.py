@@ -21,8 +21,10 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from .paths import data_home
+from .triton_output import TritonOutputRelay
 
 log = logging.getLogger("bge_triton.launcher")
 
@@ -108,6 +110,17 @@ def server_environment() -> dict[str, str]:
     return env
 
 
+def gpu_present() -> bool:
+    """Whether this host has an NVIDIA GPU device (the driver's /dev/nvidiaN nodes)."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def cpu_only_args() -> list[str]:
+    """Triton options for a host without a GPU: no GPU metrics (the NVML and DCGM probes) and no pinned-memory
+    pool (its CUDA allocation). The CUDA probes no option stops are sent to DEBUG by `TritonOutputRelay`."""
+    return ["--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0"]
+
+
 def ensure_port_free(host: str, port: int, what: str) -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         # SO_REUSEADDR as servers set it: a port in TIME_WAIT is free, one with a listener is not.
@@ -136,13 +149,17 @@ def _terminate_with_parent() -> None:
 
 
 class TritonServer:
-    """One tritonserver process; use as a context manager or call start()/stop()."""
+    """One tritonserver process; use as a context manager or call start()/stop().
+
+    Its output goes to `log_file` as Triton writes it, or else into this process's log (`TritonOutputRelay`)."""
 
     def __init__(self, options: TritonOptions, *, log_file: Path | None = None):
         self.options = options
         self.log_file = log_file
         self.process: subprocess.Popen[bytes] | None = None
         self._log_handle = None
+        self._relay: TritonOutputRelay | None = None
+        self.cpu_only = not gpu_present()
 
     def command(self) -> list[str]:
         o = self.options
@@ -161,6 +178,7 @@ class TritonServer:
             f"--log-verbose={o.log_verbose}",
             f"--backend-config=python,shm-default-byte-size={o.python_shm_bytes}",
             f"--backend-config=python,shm-growth-byte-size={o.python_shm_bytes // 2}",
+            *(cpu_only_args() if self.cpu_only else []),
             *o.extra_args,
         ]
 
@@ -170,7 +188,7 @@ class TritonServer:
             raise LaunchError(f"model repository {o.repository} does not exist")
         for what, port in (("HTTP", o.http_port), ("gRPC", o.grpc_port), ("metrics", o.metrics_port)):
             ensure_port_free(o.host, port, what)
-        stdout = None
+        stdout: int | IO[bytes] = subprocess.PIPE
         if self._log_handle is not None:  # left open by a process that died
             self._log_handle.close()
             self._log_handle = None
@@ -182,10 +200,13 @@ class TritonServer:
             self.command(),
             env=server_environment(),
             stdout=stdout,
-            stderr=subprocess.STDOUT if stdout else None,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # signals are forwarded by us, not by the terminal
             preexec_fn=_terminate_with_parent,
         )
+        if self.process.stdout is not None:
+            self._relay = TritonOutputRelay(self.process.stdout, cpu_only=self.cpu_only)
+            self._relay.start()
         log.debug("started tritonserver pid %d", self.process.pid)
 
     def is_running(self) -> bool:
@@ -227,6 +248,9 @@ class TritonServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        if self._relay is not None:  # Triton's last lines are logged before the caller logs what follows
+            self._relay.join(timeout_s=2)
+            self._relay = None
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None

@@ -223,7 +223,7 @@ def test_health_ready_metrics_and_request_log(proxy: Service, sdk: openai.OpenAI
     assert 'bge_proxy_requests_total{endpoint="/v1/embeddings",model="all-MiniLM-L6-v2",status="200"}' in metrics
     assert "bge_proxy_request_seconds_bucket" in metrics and "bge_proxy_tokens_per_request" in metrics
     log = proxy.log_text()
-    assert "Uvicorn running on http://127.0.0.1:" in log
+    assert f"ready: OpenAI API {proxy.url}/v1 · web page {proxy.url}/ui/ · API docs {proxy.url}/docs" in log
     assert f"POST /v1/embeddings model={MINILM} inputs=2 tokens=6 status=200" in log
 
 

@@ -11,6 +11,8 @@ Both run the real `bge-triton eval` command.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import signal
 import socket
 import subprocess
@@ -23,7 +25,8 @@ import httpx
 import numpy as np
 import pytest
 
-from bge_triton.launcher import TritonOptions, free_port
+from bge_triton.default_repository import ensure_default_repository
+from bge_triton.launcher import TritonOptions, free_port, gpu_present
 from bge_triton.package_data import eval_data_dir
 
 if TYPE_CHECKING:
@@ -68,7 +71,7 @@ def _in_process_spearman(checkpoint: Path, prefix: str) -> float:
 
 @pytest.mark.timeout(900)
 def test_default_serve_is_multilingual_and_matches_sentence_transformers_on_chinese_stsb(
-    spawn: Callable[..., Service], tmp_path: Path
+    spawn: Callable[..., Service], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     home = tmp_path / "home"  # a fresh machine: nothing converted or exported yet
     http, grpc, metrics, proxy_port = free_port(), free_port(), free_port(), free_port()
@@ -79,9 +82,14 @@ def test_default_serve_is_multilingual_and_matches_sentence_transformers_on_chin
     )  # fmt: skip
     log = served.log_text()
     assert "first run: converting the embedded default model multilingual-e5-small" in log
-    ready_lines = [line for line in log.splitlines() if "Triton ready" in line]
-    assert ready_lines, log[-3000:]
-    assert f"HTTP http://127.0.0.1:{http}" in ready_lines[0] and f"gRPC 127.0.0.1:{grpc}" in ready_lines[0]
+    # one line lists where to go: the API, the web page, the API docs and Triton's ports
+    (urls,) = [line for line in log.splitlines() if " ready: " in line]
+    assert urls.split(" INFO ")[1].startswith("bge_triton: ready: "), urls
+    for where in (f"{served.url}/v1 ", f"{served.url}/ui/ ", f"{served.url}/docs ", f"HTTP http://127.0.0.1:{http} ",
+                  f"gRPC 127.0.0.1:{grpc} ", f"metrics http://127.0.0.1:{metrics}/metrics"):  # fmt: skip
+        assert where in urls, (where, urls)
+    if not gpu_present():
+        assert log.count("no GPU found: serving on CPU") == 1, log[-3000:]
     assert (home / "model_repository" / E5 / "model_facts.json").is_file()
     assert httpx.get(f"http://127.0.0.1:{http}/v2/models/{E5}/ready", timeout=5).status_code == 200
     cards = {m["id"]: m for m in httpx.get(f"{served.url}/v1/models", timeout=10).json()["data"]}
@@ -103,9 +111,7 @@ def test_default_serve_is_multilingual_and_matches_sentence_transformers_on_chin
     task = report["tasks"]["sts-zh"]
     assert report["sts_input_type"] == "query"  # e5: `query: ` on both sides of a symmetric task
     reference = _in_process_spearman(home / "checkpoints" / E5, "query: ")
-    assert (
-        abs(reference - 77.37) <= 0.3
-    )  # the figure measured on the dequantised weights (shipped zh STS-B)
+    assert abs(reference - 77.37) <= 0.3  # the figure measured on the dequantised weights (shipped zh STS-B)
     assert abs(task["metrics"]["spearman"] - reference) <= 0.3, (task, reference)
 
     # SIGTERM drains the proxy, then stops Triton; the process exits 0 and nothing listens on the ports.
@@ -114,3 +120,22 @@ def test_default_serve_is_multilingual_and_matches_sentence_transformers_on_chin
     for port in (http, grpc, proxy_port):  # nothing listens any more (TIME_WAIT sockets may remain: no bind test)
         with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
             sock.connect(("127.0.0.1", port))
+    _assert_clean_service_log(served.log_text())
+
+    # a later start reuses the export (the same function `serve` calls first, without re-running Triton)
+    with caplog.at_level(logging.INFO, logger="bge_triton.serve"):
+        assert ensure_default_repository(home / "model_repository") == home / "model_repository"
+    assert f"reusing the export of {E5} in {home / 'model_repository'}" in caplog.text
+
+
+def _assert_clean_service_log(log: str) -> None:
+    """A healthy CPU start and stop: no ERROR lines (Triton's failed GPU probes are DEBUG), no progress bars,
+    only the project's logger names (no `uvicorn.error`), and a last line saying the service stopped."""
+    lines = log.splitlines()
+    assert not [line for line in lines if " ERROR " in line or line.startswith("E1")], log[-4000:]
+    assert "uvicorn" not in log and "it/s]" not in log and "%|" not in log, log[-4000:]
+    record = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) ([\w.]+): ")
+    names = {m.group(2) for m in map(record.match, lines) if m}
+    assert names and all(name == "bge_triton" or name.startswith("bge_triton.") for name in names), names
+    assert not [line for line in lines if not record.match(line)], "lines outside the log format"
+    assert "bge-triton serve stopped (tritonserver exit code 0)" in lines[-1], lines[-5:]
