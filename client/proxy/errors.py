@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import http
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import EmbeddingError, InputTooLong, ModelNotFound, Overloaded
+from ..errors import (
+    EmbeddingError,
+    InputTooLong,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    RequestTimeout,
+    ServerError,
+    ServerUnavailable,
+)
 from .schemas import error_body
 
 log = logging.getLogger("bge_triton.proxy")
@@ -29,6 +41,18 @@ ERROR_TYPES = {
     504: "timeout_error",
 }
 RETRY_AFTER_STATUSES = (429, 503)
+# client-library error -> OpenAI error `code` (snake_case, as every code the proxy sends; the most specific
+# class first: InputTooLong is an InvalidInput)
+EMBEDDING_ERROR_CODES: dict[type[EmbeddingError], str] = {
+    InputTooLong: "context_length_exceeded",
+    InvalidInput: "invalid_input",
+    ModelNotFound: "model_not_found",
+    ModelNotReady: "model_not_ready",
+    ServerUnavailable: "triton_unavailable",
+    RequestTimeout: "triton_timeout",
+    Overloaded: "overloaded",
+    ServerError: "triton_error",
+}
 
 
 class ProxyError(Exception):
@@ -53,14 +77,32 @@ def error_response(
 
 def from_embedding_error(exc: EmbeddingError) -> ProxyError:
     """Client-library errors (Triton's answers) as proxy errors."""
+    code = embedding_error_code(exc)
     if isinstance(exc, InputTooLong):
-        return ProxyError(400, exc.message, param="input", code="context_length_exceeded")
+        return ProxyError(400, exc.message, param="input", code=code)
     if isinstance(exc, ModelNotFound):
-        return ProxyError(404, exc.message, param="model", code="model_not_found")
+        return ProxyError(404, exc.message, param="model", code=code)
     if isinstance(exc, Overloaded):
-        return ProxyError(429, exc.message, code="overloaded")
+        return ProxyError(429, exc.message, code=code)
     status = exc.status if exc.status in ERROR_TYPES else 500
-    return ProxyError(status, exc.message, code=type(exc).__name__)
+    return ProxyError(status, exc.message, code=code)
+
+
+def embedding_error_code(exc: EmbeddingError) -> str:
+    """The snake_case `code` of a client-library error (its class's, or its nearest base class's)."""
+    for cls in type(exc).__mro__:
+        if cls in EMBEDDING_ERROR_CODES:
+            return EMBEDDING_ERROR_CODES[cls]
+    return "triton_error"
+
+
+def http_status_code(status: int) -> str:
+    """A snake_case `code` for an HTTP error the framework raised (404 -> not_found, 405 -> method_not_allowed)."""
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        return "http_error"
+    return re.sub(r"[^a-z]+", "_", phrase.lower()).strip("_")
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -100,7 +142,8 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), retry_after_s=retry_after_s)
+        return error_response(exc.status_code, str(exc.detail), code=http_status_code(exc.status_code),
+                              retry_after_s=retry_after_s)  # fmt: skip
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
