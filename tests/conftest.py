@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -119,6 +120,43 @@ def dockerfile_entrypoint(dockerfile: Path) -> list[str]:
     lines = [line for line in dockerfile.read_text().splitlines() if line.startswith("ENTRYPOINT ")]
     assert lines, f"{dockerfile} has no ENTRYPOINT"
     return list(json.loads(lines[-1].removeprefix("ENTRYPOINT ")))
+
+
+# -- a bge-zh-shaped model (its tokenizer and query instruction, random weights) next to MiniLM ---------------
+BGE = "bge-small-zh-v1.5"  # a shrunken random-init model with bge-zh's tokenizer and query instruction
+BGE_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
+
+
+@pytest.fixture(scope="session")
+def bge_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from bge_triton.export.bench_model import make_bench_model
+    from bge_triton.package_data import model_config_dir
+
+    config_dir = tmp_path_factory.mktemp("bge-config")
+    shutil.copytree(model_config_dir("bge-large-zh-v1.5"), config_dir, dirs_exist_ok=True)
+    cfg = json.loads((config_dir / "config.json").read_text())
+    cfg |= {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
+    (config_dir / "config.json").write_text(json.dumps(cfg))
+    return make_bench_model(config_dir, tmp_path_factory.mktemp("ckpt") / BGE)
+
+
+@pytest.fixture(scope="session")
+def bge_reference(bge_checkpoint: Path) -> TorchReference:
+    return TorchReference(bge_checkpoint, ModelFacts.from_checkpoint(bge_checkpoint, name=BGE, source=BGE))
+
+
+@pytest.fixture(scope="session")
+def two_model_triton(
+    repository: Path, bge_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonOptions]:
+    """A second tritonserver serving MiniLM and the bge-zh-shaped model side by side."""
+    repo = tmp_path_factory.mktemp("two_models")
+    for folder in repository.iterdir():
+        shutil.copytree(folder, repo / folder.name)
+    export_model(str(bge_checkpoint), repo)
+    options = TritonOptions(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    with TritonServer(options, log_file=tmp_path_factory.mktemp("triton2") / "tritonserver.log"):
+        yield options
 
 
 # -- bge-m3 (issue 8): a tiny random-init M3 checkpoint, its export and a tritonserver serving it ---------------

@@ -49,7 +49,7 @@ def reference(flag_model: Any) -> dict[str, Any]:
 
 
 def _model(proxy: Service) -> str:
-    (card,) = httpx.get(f"{proxy.url}/v1/models", timeout=10).json()["data"]
+    (card,) = [c for c in httpx.get(f"{proxy.url}/v1/models", timeout=10).json()["data"] if c["parent"] is None]
     return str(card["id"])
 
 

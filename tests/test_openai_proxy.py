@@ -4,10 +4,11 @@ real `openai` SDK (and raw httpx where the SDK would hide the wire format)."""
 from __future__ import annotations
 
 import base64
+import http
 import json
-import shutil
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,44 +16,16 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from conftest import BGE
+from conftest import BGE_INSTRUCTION as INSTRUCTION
 
-from bge_triton.export.bench_model import make_bench_model
-from bge_triton.export.exporter import export_model
 from bge_triton.export.parity import TorchReference, cosine_rows
-from bge_triton.launcher import TritonOptions, TritonServer, free_port
-from bge_triton.model_facts import ModelFacts
-from bge_triton.package_data import model_config_dir
+from bge_triton.launcher import TritonOptions, free_port
 
 if TYPE_CHECKING:
     from conftest import Service  # the spawn fixture's process type
 
 MINILM = "all-MiniLM-L6-v2"
-BGE = "bge-small-zh-v1.5"  # a shrunken random-init model with bge-zh's tokenizer and query instruction
-INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
-
-
-@pytest.fixture(scope="module")
-def bge_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config_dir = tmp_path_factory.mktemp("bge-config")
-    shutil.copytree(model_config_dir("bge-large-zh-v1.5"), config_dir, dirs_exist_ok=True)
-    cfg = json.loads((config_dir / "config.json").read_text())
-    cfg |= {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
-    (config_dir / "config.json").write_text(json.dumps(cfg))
-    return make_bench_model(config_dir, tmp_path_factory.mktemp("ckpt") / BGE)
-
-
-@pytest.fixture(scope="module")
-def two_model_triton(
-    repository: Path, bge_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TritonOptions]:
-    """A second tritonserver serving MiniLM and the bge-zh-shaped model side by side."""
-    repo = tmp_path_factory.mktemp("two_models")
-    for folder in repository.iterdir():
-        shutil.copytree(folder, repo / folder.name)
-    export_model(str(bge_checkpoint), repo)
-    options = TritonOptions(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-    with TritonServer(options, log_file=tmp_path_factory.mktemp("triton2") / "tritonserver.log"):
-        yield options
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +33,8 @@ def proxy(two_model_triton: TritonOptions, spawn: Callable[..., Service]) -> Ser
     port = free_port()
     return spawn(
         ["serve-proxy", "--triton-url", two_model_triton.grpc_url, "--port", str(port),
-         "--alias", f"text-embedding-3-small={MINILM}", "--max-inputs", "64", "--max-body-bytes", "1000000"],
+         "--alias", f"text-embedding-3-small={MINILM}", "--max-inputs", "64", "--max-body-bytes", "1000000",
+         "--token-ids", "model"],  # token ids are this model's vocabulary ids here
         port=port,
     )  # fmt: skip
 
@@ -68,11 +42,6 @@ def proxy(two_model_triton: TritonOptions, spawn: Callable[..., Service]) -> Ser
 @pytest.fixture(scope="module")
 def sdk(proxy: Service) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="EMPTY", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def bge_reference(bge_checkpoint: Path) -> TorchReference:
-    return TorchReference(bge_checkpoint, ModelFacts.from_checkpoint(bge_checkpoint, name=BGE, source=BGE))
 
 
 def _vectors(response) -> np.ndarray:  # openai CreateEmbeddingResponse
@@ -140,7 +109,17 @@ def test_alias_and_models_list(sdk: openai.OpenAI, proxy: Service) -> None:
     models = httpx.get(f"{proxy.url}/v1/models", timeout=10).json()
     assert models["object"] == "list"
     cards = {m["id"]: m for m in models["data"]}
-    assert set(cards) == {MINILM, BGE, "text-embedding-3-small"}
+    bases = [MINILM, BGE, "text-embedding-3-small"]
+    assert [m["id"] for m in models["data"] if m["parent"] is None] == bases
+    assert set(cards) == {f"{b}{s}" for b in bases for s in ("", "-query", "-passage")}
+    for base in bases:  # each name's -query / -passage variant: the same model, marked with its parent
+        assert cards[base]["input_type"] is None
+        for kind in ("query", "passage"):
+            variant = cards[f"{base}-{kind}"]
+            assert (variant["parent"], variant["input_type"]) == (base, kind)
+            assert {k: v for k, v in variant.items() if k not in ("id", "parent", "input_type")} == {
+                k: v for k, v in cards[base].items() if k not in ("id", "parent", "input_type")
+            }
     assert (cards[MINILM]["dimensions"], cards[MINILM]["max_tokens"]) == (384, 256)
     assert (cards[BGE]["dimensions"], cards[BGE]["max_tokens"]) == (64, 512)
     assert (cards[BGE]["query_instruction"], cards[BGE]["passage_instruction"]) == (INSTRUCTION, "")
@@ -188,6 +167,7 @@ def test_bad_requests_get_400_openai_errors(proxy: Service, body: dict, param: s
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error"
     assert fragment in error["message"], error
+    assert SNAKE_CASE.fullmatch(error["code"]), error
     if param is not None:
         assert error["param"] == param
 
@@ -249,3 +229,121 @@ def test_openapi_schema_documents_the_contract(proxy: Service) -> None:
     assert "/v1/embeddings" in schema["paths"] and "/v1/models" in schema["paths"]
     props = schema["components"]["schemas"]["EmbeddingRequest"]["properties"]
     assert {"input", "model", "encoding_format", "dimensions", "user", "input_type", "truncate"} <= set(props)
+
+
+# -- NAME-query / NAME-passage (issue 13) ------------------------------------------------------------------------
+def test_suffixed_model_names_select_the_instruction(
+    sdk: openai.OpenAI, proxy: Service, bge_reference: TorchReference
+) -> None:
+    text = "如何部署向量模型"
+
+    def embed(model: str, **extra: str) -> np.ndarray:
+        return _vectors(sdk.embeddings.create(model=model, input=text, encoding_format="float", extra_body=extra))
+
+    by_field, by_name = embed(BGE, input_type="query"), embed(f"{BGE}-query")
+    plain, passage_by_name = embed(BGE), embed(f"{BGE}-passage")
+    assert cosine_rows(by_name, by_field).min() >= 0.9999
+    assert cosine_rows(by_name, bge_reference.embed([INSTRUCTION + text])).min() >= 0.9999
+    assert cosine_rows(passage_by_name, plain).min() >= 0.9999
+    # the random tiny model maps both close together: the query must still sit nearer its own reference
+    assert cosine_rows(by_name, bge_reference.embed([INSTRUCTION + text]))[0] > cosine_rows(by_name, plain)[0]
+    assert cosine_rows(embed(f"{BGE}-query", input_type="query"), by_field).min() >= 0.9999  # agreeing: fine
+    alias = sdk.embeddings.create(model="text-embedding-3-small-query", input=text, encoding_format="float")
+    assert alias.model == "text-embedding-3-small-query"
+    assert cosine_rows(_vectors(alias), embed(MINILM, input_type="query")).min() >= 0.9999
+    card = httpx.get(f"{proxy.url}/v1/models/{BGE}-query", timeout=10).json()
+    assert (card["id"], card["parent"], card["input_type"], card["dimensions"]) == (f"{BGE}-query", BGE, "query", 64)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "param"),
+    [
+        ({"model": f"{BGE}-query", "input": "x", "input_type": "passage"}, 400, "input_type_conflict", "input_type"),
+        ({"model": f"{BGE}-passage", "input": "x", "input_type": "query"}, 400, "input_type_conflict", "input_type"),
+        ({"model": "nope-query", "input": "x"}, 404, "model_not_found", "model"),
+        ({"model": f"{BGE}-query-query", "input": "x"}, 404, "model_not_found", "model"),
+    ],
+    ids=["query-vs-passage", "passage-vs-query", "unknown-base", "double-suffix"],
+)
+def test_suffixed_names_refuse_what_they_cannot_mean(
+    proxy: Service, body: dict, status: int, code: str, param: str
+) -> None:
+    response = httpx.post(f"{proxy.url}/v1/embeddings", json=body, timeout=10)
+    assert response.status_code == status, response.text
+    assert (response.json()["error"]["code"], response.json()["error"]["param"]) == (code, param)
+
+
+def test_token_ids_get_no_instruction_put_in_front(proxy: Service, bge_reference: TorchReference) -> None:
+    """--token-ids model embeds ids as given: asking for a non-empty instruction with ids is a 400, not a
+    vector without it."""
+    ids = bge_reference.tokenizer("如何部署", add_special_tokens=False)["input_ids"]
+    for body in ({"model": f"{BGE}-query", "input": ids}, {"model": BGE, "input": [ids], "input_type": "query"}):
+        response = httpx.post(f"{proxy.url}/v1/embeddings", json=body, timeout=10)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "instruction_with_token_ids"
+    # bge's passage instruction is empty: nothing to put in front, the ids embed like their text
+    body = {"model": f"{BGE}-passage", "input": ids, "encoding_format": "float"}
+    got = np.array(httpx.post(f"{proxy.url}/v1/embeddings", json=body, timeout=10).json()["data"][0]["embedding"])
+    assert cosine_rows(got[None], bge_reference.embed(["如何部署"])).min() >= 0.9999
+
+
+# -- error codes -------------------------------------------------------------------------------------------------
+SNAKE_CASE = re.compile(r"[a-z]+(_[a-z]+)*")
+
+
+def test_every_error_code_the_proxy_can_send_is_snake_case() -> None:
+    """Every `code=` in the proxy's source is a snake_case literal or one of the mappings below, and every
+    ProxyError / error_response carries one; the mappings give snake_case for every client-library error class
+    and every HTTP error status."""
+    import ast
+
+    import bge_triton.client.proxy as proxy_package
+    from bge_triton.client.errors import EmbeddingError
+    from bge_triton.client.proxy.errors import EMBEDDING_ERROR_CODES, embedding_error_code, http_status_code
+
+    literals: set[object] = set()
+    computed: set[str] = set()
+    without: list[str] = []
+    for path in sorted(Path(proxy_package.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            codes = [kw.value for kw in node.keywords if kw.arg == "code"]
+            if name in ("ProxyError", "error_response") and not codes:
+                without.append(f"{path.name}:{node.lineno}")
+            for value in codes:
+                if isinstance(value, ast.Constant):
+                    literals.add(value.value)
+                else:
+                    computed.add(f"{path.name}: {ast.unparse(value)}")
+    assert not without, f"errors without a code: {without}"
+    bad = sorted(str(c) for c in literals if not (isinstance(c, str) and SNAKE_CASE.fullmatch(c)))
+    assert not bad and len(literals) >= 15, (bad, literals)
+    assert computed == {
+        "errors.py: code",  # from_embedding_error: embedding_error_code(exc)
+        "errors.py: exc.code",  # a ProxyError's own (a literal above, or embedding_error_code)
+        "errors.py: err.code",
+        "errors.py: http_status_code(exc.status_code)",
+        "schemas.py: code",  # error_body: the body error_response builds
+    }, computed
+
+    def subclasses(cls: type) -> list[type]:
+        return [c for sub in cls.__subclasses__() for c in (sub, *subclasses(sub))]
+
+    for cls in subclasses(EmbeddingError):
+        assert cls in EMBEDDING_ERROR_CODES, f"{cls.__name__} has no error code"
+        assert SNAKE_CASE.fullmatch(embedding_error_code(cls.__new__(cls))), cls
+    for status in (s for s in http.HTTPStatus if s >= 400):
+        assert SNAKE_CASE.fullmatch(http_status_code(status)), status
+    assert (http_status_code(404), http_status_code(405)) == ("not_found", "method_not_allowed")
+
+
+def test_triton_and_framework_errors_have_snake_case_codes(proxy: Service) -> None:
+    """The id outside the vocabulary is Triton's rejection (it was answered with code 'InvalidInput')."""
+    response = httpx.post(f"{proxy.url}/v1/embeddings", json={"model": MINILM, "input": [10**6]}, timeout=10)
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_input")
+    response = httpx.get(f"{proxy.url}/v1/nothing-here", timeout=10)
+    assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
+    response = httpx.get(f"{proxy.url}/v1/embeddings", timeout=10)
+    assert (response.status_code, response.json()["error"]["code"]) == (405, "method_not_allowed")

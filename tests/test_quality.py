@@ -93,7 +93,7 @@ def test_default_serve_is_multilingual_and_matches_sentence_transformers_on_chin
     assert (home / "model_repository" / E5 / "model_facts.json").is_file()
     assert httpx.get(f"http://127.0.0.1:{http}/v2/models/{E5}/ready", timeout=5).status_code == 200
     cards = {m["id"]: m for m in httpx.get(f"{served.url}/v1/models", timeout=10).json()["data"]}
-    assert list(cards) == [E5]
+    assert list(cards) == [E5, f"{E5}-query", f"{E5}-passage"]  # the model and its input_type variants
     assert (cards[E5]["dimensions"], cards[E5]["pooling"]) == (384, "mean")
     assert (cards[E5]["query_instruction"], cards[E5]["passage_instruction"]) == ("query: ", "passage: ")
 

@@ -159,7 +159,9 @@ class ProxyEmbedder:
 
     async def connect(self) -> ModelInfo:
         listing = await self._request("GET", "/models")
+        # NAME-query / NAME-passage cards (with a `parent`) are variants of a listed model, not more models
         cards = [c for c in (listing or {}).get("data", []) if isinstance(c, dict) and c.get("id")]
+        cards = [c for c in cards if not c.get("parent") or c.get("id") == self.model]
         by_id = {str(c["id"]): c for c in cards}
         if self.model is not None:
             card = by_id.get(self.model)

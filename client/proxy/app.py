@@ -24,9 +24,10 @@ from .errors import ERROR_TYPES, ProxyError, error_response, install_error_handl
 from .inputs import normalise_input
 from .m3_routes import install_m3_routes
 from .metrics import ProxyMetrics
-from .registry import ModelRegistry
+from .registry import InputType, ListedName, ModelRegistry, Resolved
 from .schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelCard, ModelList
 from .settings import ProxySettings
+from .token_ids import TiktokenDecoder, load_cl100k, refuse_token_ids
 from .ui_routes import install_ui_routes
 
 log = logging.getLogger("bge_triton.proxy")
@@ -95,6 +96,7 @@ async def _empty_receive() -> Message:
 def create_app(settings: ProxySettings) -> FastAPI:
     registry = ModelRegistry(settings)
     metrics = ProxyMetrics()
+    decoder = TiktokenDecoder(load_cl100k()) if settings.token_ids == "tiktoken" else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -146,17 +148,27 @@ def create_app(settings: ProxySettings) -> FastAPI:
             return await _embed(body, request)
 
     async def _embed(body: EmbeddingRequest, request: Request) -> Response:
-        name, client = await registry.get(body.model)
+        target = await registry.resolve(body.model)
+        name, client = target.name, target.replicas
         request.state.model = name
         facts = client.facts
+        input_type = _input_type(body.input_type, target)
         kind, items = normalise_input(body.input, settings.max_inputs)
         request.state.inputs = len(items)
         if body.dimensions is not None and body.dimensions > facts.dim:
             raise ProxyError(400, f"dimensions must be at most {facts.dim} for {name}", param="dimensions",
                              code="invalid_value")  # fmt: skip
+        if kind == "ids":
+            if settings.token_ids == "off":
+                raise refuse_token_ids()
+            if decoder is not None:  # OpenAI cl100k_base ids: embed the text they encode
+                kind, items = "text", decoder.decode(items, body.model)
+            elif body.input_type or target.input_type:
+                instruction = facts.query_instruction if input_type == "query" else facts.passage_instruction
+                _check_no_instruction(input_type, instruction, name)
         started = time.perf_counter()
         if kind == "text":
-            result = await client.embed_with_usage(items, query=body.input_type == "query", truncate=body.truncate)
+            result = await client.embed_with_usage(items, query=input_type == "query", truncate=body.truncate)
         else:
             result = await client.embed_token_ids(items, truncate=body.truncate)
         metrics.triton_seconds.labels(name).observe(time.perf_counter() - started)
@@ -183,12 +195,13 @@ def create_app(settings: ProxySettings) -> FastAPI:
     @app.get("/v1/models", response_model=ModelList)
     async def list_models() -> ModelList:
         await _discover_or_503()
-        return ModelList(data=[_card(name, facts) for name, facts in _served_names(registry, settings)])
+        return ModelList(data=[_card(listed) for listed in registry.listing()])
 
     @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERROR_RESPONSES)
     async def get_model(model_id: str) -> ModelCard:
-        _, client = await registry.get(model_id)
-        return _card(model_id, client.facts)
+        target = await registry.resolve(model_id)
+        parent = model_id.removesuffix(f"-{target.input_type}") if target.input_type else None
+        return _card(ListedName(model_id, target.replicas.facts, parent=parent, input_type=target.input_type))
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -216,19 +229,34 @@ def create_app(settings: ProxySettings) -> FastAPI:
     return app
 
 
-def _served_names(registry: ModelRegistry, settings: ProxySettings):  # -> Iterator[tuple[str, ModelFacts]]
-    facts = registry.facts()
-    yield from facts.items()
-    for alias, target in settings.aliases.items():
-        if target in facts:
-            yield alias, facts[target]
-
-
-def _card(name: str, facts) -> ModelCard:  # facts: ModelFacts
+def _card(listed: ListedName) -> ModelCard:
+    facts = listed.facts
     return ModelCard(
-        id=name, dimensions=facts.dim, max_tokens=facts.max_tokens, pooling=facts.pooling,
+        id=listed.id, dimensions=facts.dim, max_tokens=facts.max_tokens, pooling=facts.pooling,
         query_instruction=facts.query_instruction, passage_instruction=facts.passage_instruction, m3=facts.m3_heads,
+        parent=listed.parent, input_type=listed.input_type,
     )  # fmt: skip
+
+
+def _input_type(explicit: InputType | None, target: Resolved) -> InputType:
+    """The body's `input_type`, else the one the model name's suffix implies, else passage."""
+    if explicit is not None and target.input_type is not None and explicit != target.input_type:
+        raise ProxyError(
+            400, f"input_type '{explicit}' contradicts the model name, which selects '{target.input_type}': "
+            f"leave input_type out, or use the model '{target.name}'", param="input_type", code="input_type_conflict",
+        )  # fmt: skip
+    return explicit or target.input_type or "passage"
+
+
+def _check_no_instruction(input_type: InputType, instruction: str, name: str) -> None:
+    """Token ids (--token-ids model) are embedded as given: an instruction asked for cannot be put in front."""
+    if instruction:
+        raise ProxyError(
+            400, f"token ids are embedded as given, so {name}'s {input_type} instruction ({instruction!r}) cannot be "
+            f"put in front of them: send text, or include the instruction's tokens in the ids and leave out "
+            f"input_type and the '-{input_type}' model name", param="input_type",
+            code="instruction_with_token_ids",
+        )  # fmt: skip
 
 
 def _shorten(result: EmbeddingResult, dimensions: int | None) -> np.ndarray:

@@ -1,9 +1,16 @@
-"""The models the proxy serves, found from the repository: one replica set of async Triton clients each."""
+"""The models the proxy serves, found from the repository: one replica set of async Triton clients each.
+
+Every served name and alias NAME is also accepted as `NAME-query` and `NAME-passage` (NVIDIA NIM's
+convention): the same model with that `input_type`, for OpenAI-only clients that cannot send the field. A real
+served name or alias always wins over reading a name as a suffixed one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
+from typing import Literal
 
 from bge_triton.model_facts import ModelFacts
 
@@ -14,6 +21,27 @@ from .replicas import ReplicaSet
 from .settings import ProxySettings
 
 log = logging.getLogger("bge_triton.proxy")
+InputType = Literal["query", "passage"]
+INPUT_TYPE_SUFFIXES: dict[str, InputType] = {"-query": "query", "-passage": "passage"}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a requested `model` names: the served model, its replicas and the `input_type` a suffix implies."""
+
+    name: str
+    replicas: ReplicaSet
+    input_type: InputType | None = None
+
+
+@dataclass(frozen=True)
+class ListedName:
+    """One id of `/v1/models`: a served name, an alias, or one of their `-query` / `-passage` variants."""
+
+    id: str
+    facts: ModelFacts
+    parent: str | None = None  # the served name or alias a suffixed variant belongs to
+    input_type: InputType | None = None
 
 
 class ModelRegistry:
@@ -46,7 +74,8 @@ class ModelRegistry:
             wanted = self.settings.models or tuple(sorted(found))
             missing = [m for m in wanted if m not in found]
             if missing:
-                raise ProxyError(503, f"Triton serves no embedding model named {', '.join(missing)}")
+                raise ProxyError(503, f"Triton serves no embedding model named {', '.join(missing)}",
+                                 code="model_not_served")  # fmt: skip
             urls = self.settings.triton_urls
             sets = {}
             for name in wanted:
@@ -74,20 +103,57 @@ class ModelRegistry:
             self.clients = sets
             log.info("serving %s from Triton at %s", ", ".join(sets), ", ".join(urls))
 
-    async def get(self, requested: str) -> tuple[str, ReplicaSet]:
+    async def _discovered(self) -> None:
         try:
             await self.discover()
         except EmbeddingError as exc:
             raise ProxyError(503, f"Triton is not available: {exc.message}", code="triton_unavailable") from None
+
+    def _served(self, requested: str) -> str | None:
+        """The served model a served name or alias names (no suffixes)."""
         name = self.settings.aliases.get(requested, requested)
-        replicas = self.clients.get(name)
-        if replicas is None:
-            served = ", ".join([*self.clients, *self.settings.aliases])
-            raise ProxyError(
-                404, f"The model '{requested}' does not exist; served models: {served}", param="model",
-                code="model_not_found",
-            )  # fmt: skip
-        return name, replicas
+        return name if name in self.clients else None
+
+    def _not_found(self, requested: str, *, suffixes: bool) -> ProxyError:
+        served = ", ".join([*self.clients, *self.settings.aliases])
+        also = " (each also as NAME-query and NAME-passage)" if suffixes else ""
+        return ProxyError(
+            404, f"The model '{requested}' does not exist; served models: {served}{also}", param="model",
+            code="model_not_found",
+        )  # fmt: skip
+
+    async def get(self, requested: str) -> tuple[str, ReplicaSet]:
+        """A served name or alias (the bge-m3 routes and /tokenize: no suffixed names)."""
+        await self._discovered()
+        name = self._served(requested)
+        if name is None:
+            raise self._not_found(requested, suffixes=False)
+        return name, self.clients[name]
+
+    async def resolve(self, requested: str) -> Resolved:
+        """A served name or alias, else NAME-query / NAME-passage of one (`/v1/embeddings`, `/v1/models/ID`)."""
+        await self._discovered()
+        name = self._served(requested)
+        if name is not None:
+            return Resolved(name, self.clients[name])
+        for suffix, input_type in INPUT_TYPE_SUFFIXES.items():
+            base = self._served(requested.removesuffix(suffix)) if requested.endswith(suffix) else None
+            if base is not None:
+                return Resolved(base, self.clients[base], input_type)
+        raise self._not_found(requested, suffixes=True)
+
+    def listing(self) -> list[ListedName]:
+        """Served names, then aliases, each followed by its suffixed variants (unless a real name takes the id)."""
+        facts = self.facts()
+        bases = [(n, n) for n in facts] + [(a, t) for a, t in self.settings.aliases.items() if t in facts]
+        taken = {base for base, _ in bases}
+        listed = []
+        for base, target in bases:
+            listed.append(ListedName(base, facts[target]))
+            for suffix, input_type in INPUT_TYPE_SUFFIXES.items():
+                if base + suffix not in taken:
+                    listed.append(ListedName(base + suffix, facts[target], parent=base, input_type=input_type))
+        return listed
 
     def facts(self) -> dict[str, ModelFacts]:
         return {name: replicas.facts for name, replicas in self.clients.items()}

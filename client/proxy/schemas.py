@@ -24,9 +24,10 @@ class EmbeddingRequest(BaseModel):
         default=None, description="Keep the first N dimensions and re-normalise."
     )
     user: StrictStr | None = None
-    input_type: Literal["query", "passage"] = Field(
-        default="passage",
-        description="`query` prepends the model's retrieval instruction (bge); passages get none.",
+    input_type: Literal["query", "passage"] | None = Field(
+        default=None,
+        description="`query` prepends the model's query instruction, `passage` (the default) its passage "
+        "instruction; a `NAME-query` / `NAME-passage` model name sets it too (a conflicting value is a 400).",
     )
     truncate: bool = Field(default=True, description="false: inputs over the model's window are a 400 error.")
 
@@ -60,6 +61,10 @@ class ModelCard(BaseModel):
     query_instruction: str  # prepended for input_type=query
     passage_instruction: str  # prepended for input_type=passage (e5's "passage: "; empty for bge)
     m3: bool = False  # bge-m3: /embed_sparse, /embed_colbert and /v1/similarity serve it too
+    # NAME-query / NAME-passage: the served name or alias they are a variant of, and the input_type they imply
+    # (null for served names and aliases; a model picker lists only the cards without a parent)
+    parent: str | None = None
+    input_type: Literal["query", "passage"] | None = None
 
 
 class ModelList(BaseModel):

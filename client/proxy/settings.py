@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+# What token-id arrays in `input` are taken to be (see token_ids.py): "off" refuses them (their vocabulary is
+# unknown: LangChain sends OpenAI's tiktoken ids by default), "model" = this model's own vocabulary ids,
+# "tiktoken" = OpenAI cl100k_base ids, decoded back to text and embedded as text.
+TokenIdsMode = Literal["off", "model", "tiktoken"]
+TOKEN_IDS_MODES: tuple[TokenIdsMode, ...] = ("off", "model", "tiktoken")
 
 
 @dataclass(frozen=True)
@@ -26,8 +33,14 @@ class ProxySettings:
     api_keys: tuple[str, ...] = ()  # empty: no authentication (any key is accepted)
     protect_metrics: bool = False  # require a key for /metrics too
     grace_period_s: float = 30.0  # on SIGTERM: how long in-flight requests may finish
+    token_ids: TokenIdsMode = "off"  # how token-id arrays in `input` are read (TOKEN_IDS_MODES)
+
+    def __post_init__(self) -> None:
+        if self.token_ids not in TOKEN_IDS_MODES:
+            raise ValueError(f"token_ids must be one of {', '.join(TOKEN_IDS_MODES)}, not {self.token_ids!r}")
 
     def __repr__(self) -> str:  # never print the keys
         return (
-            f"ProxySettings(triton_urls={self.triton_urls!r}, port={self.port}, api_keys={len(self.api_keys)} key(s))"
+            f"ProxySettings(triton_urls={self.triton_urls!r}, port={self.port}, token_ids={self.token_ids!r}, "
+            f"api_keys={len(self.api_keys)} key(s))"
         )
