@@ -240,7 +240,8 @@ def test_proxy_embedder_decodes_base64_and_sends_input_type() -> None:
     def handle(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/models":
             card = {"id": "m", "dimensions": 2, "max_tokens": 8, "pooling": "mean", "query_instruction": "q: "}
-            return httpx.Response(200, json={"object": "list", "data": [card]})
+            variants = [{**card, "id": f"m-{t}", "parent": "m", "input_type": t} for t in ("query", "passage")]
+            return httpx.Response(200, json={"object": "list", "data": [card, *variants]})  # one model, 3 names
         body = json.loads(request.content)
         seen.append(body)
         data = [
