@@ -30,6 +30,9 @@ class InvalidText(ValueError):
 
 
 ID_PADDING = -1  # right padding of TOKEN_IDS rows (never a valid id)
+# A text longer than this many characters per token of the window is tokenized from a clipped prefix (see
+# `TextTokenizer._clipped_rows`), so a 5 MB string costs what a window-sized text costs.
+CLIP_CHARS_PER_TOKEN = 16
 
 
 @dataclass
@@ -45,7 +48,7 @@ class TokenizedBatch:
 class _Row:
     ids: list[int]
     type_ids: list[int]
-    full_count: int
+    full_count: int  # tokens of the whole text; for a clipped text, of its clipped prefix (a lower bound)
 
 
 class TextTokenizer:
@@ -64,6 +67,7 @@ class TextTokenizer:
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = max(1, pad_to_multiple_of)
         self.vocab_size = self._full.get_vocab_size(with_added_tokens=True)
+        self.clip_chars = max_tokens * CLIP_CHARS_PER_TOKEN
         self.prefix, self.suffix = self._special_tokens()
 
     def _special_tokens(self) -> tuple[list[int], list[int]]:
@@ -81,9 +85,15 @@ class TextTokenizer:
     def encode_groups(self, groups: list[list[str]]) -> list[TokenizedBatch]:
         """Tokenize several requests' texts in one parallel call; pad each group on its own."""
         flat = [t for group in groups for t in group]
-        encodings = self._full.encode_batch(flat) if flat else []
-        rows = [_Row(e.ids, e.type_ids, len(e.ids)) for e in encodings]
-        too_long = [i for i, row in enumerate(rows) if row.full_count > self.max_tokens]
+        clipped = self._clipped_rows(flat)
+        rest = [i for i in range(len(flat)) if i not in clipped]
+        encodings = self._full.encode_batch([flat[i] for i in rest]) if rest else []
+        rows: list[_Row] = [_Row([], [], 0)] * len(flat)
+        for i, row in clipped.items():
+            rows[i] = row
+        for i, e in zip(rest, encodings, strict=True):
+            rows[i] = _Row(e.ids, e.type_ids, len(e.ids))
+        too_long = [i for i in rest if rows[i].full_count > self.max_tokens]
         if too_long:
             truncated = self._truncating.encode_batch([flat[i] for i in too_long])
             for i, enc in zip(too_long, truncated, strict=True):
@@ -94,6 +104,30 @@ class TextTokenizer:
             out.append(self._pad(rows[start : start + len(group)]))
             start += len(group)
         return out
+
+    def _clipped_rows(self, texts: list[str]) -> dict[int, _Row]:
+        """Truncated rows of the texts over `clip_chars` characters, tokenized from prefixes instead of whole.
+
+        A prefix of `clip_chars` characters that already holds more tokens than the window gives the same
+        truncated ids as the whole text unless the clip cut through what the first window of tokens comes from
+        (one enormous word, say); so the truncated ids of two prefixes, `clip_chars` and twice that, must agree.
+        Where they do not, or the prefix does not fill the window (mostly white space or deleted characters), the
+        text is tokenized whole, as before. The full token count of a clipped text is its prefix's count: a lower
+        bound that is still over the window, which is all `truncate=false` needs to refuse it.
+        """
+        long = [i for i, text in enumerate(texts) if len(text) > self.clip_chars]
+        if not long:
+            return {}
+        short_clips = [texts[i][: self.clip_chars] for i in long]
+        long_clips = [texts[i][: 2 * self.clip_chars] for i in long]
+        counts = [len(e.ids) for e in self._full.encode_batch(short_clips)]
+        short = self._truncating.encode_batch(short_clips)
+        longer = self._truncating.encode_batch(long_clips)
+        return {
+            i: _Row(a.ids, a.type_ids, count)
+            for i, count, a, b in zip(long, counts, short, longer, strict=True)
+            if count > self.max_tokens and a.ids == b.ids
+        }
 
     def encode_ids(self, ids: np.ndarray) -> TokenizedBatch:
         """Rows of token ids (right-padded with -1) -> a batch, special tokens added where missing."""
