@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,21 @@ from .paths import data_home
 from .triton_output import TritonOutputRelay
 
 log = logging.getLogger("bge_triton.launcher")
+
+SHM_DIR = Path("/dev/shm")
+# The Python backend's own region prefix, extended per server start so that the regions of a server that died
+# (SIGKILL leaves them behind, 64 MB and more each) can be told apart from a live server's and removed.
+SHM_PREFIX_BASE = "triton_python_backend_shm_region_"
+
+
+def remove_shm_regions(prefix: str) -> int:
+    """Delete the shared-memory files named `prefix*`; the bytes they held."""
+    freed = 0
+    for path in SHM_DIR.glob(f"{prefix}*"):
+        with contextlib.suppress(OSError):
+            freed += path.stat().st_size
+            path.unlink()
+    return freed
 
 
 class LaunchError(RuntimeError):
@@ -160,6 +176,19 @@ class TritonServer:
         self._log_handle = None
         self._relay: TritonOutputRelay | None = None
         self.cpu_only = not gpu_present()
+        self.shm_prefix = self._new_shm_prefix()
+
+    @staticmethod
+    def _new_shm_prefix() -> str:
+        return f"{SHM_PREFIX_BASE}bge{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+
+    def release_shm(self) -> None:
+        """Remove the shared-memory regions of this server's last process, once it has exited."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        freed = remove_shm_regions(self.shm_prefix)
+        if freed:
+            log.info("removed %.0f MB of shared memory left by the stopped tritonserver", freed / 2**20)
 
     def command(self) -> list[str]:
         o = self.options
@@ -178,6 +207,7 @@ class TritonServer:
             f"--log-verbose={o.log_verbose}",
             f"--backend-config=python,shm-default-byte-size={o.python_shm_bytes}",
             f"--backend-config=python,shm-growth-byte-size={o.python_shm_bytes // 2}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *(cpu_only_args() if self.cpu_only else []),
             *o.extra_args,
         ]
@@ -188,6 +218,9 @@ class TritonServer:
             raise LaunchError(f"model repository {o.repository} does not exist")
         for what, port in (("HTTP", o.http_port), ("gRPC", o.grpc_port), ("metrics", o.metrics_port)):
             ensure_port_free(o.host, port, what)
+        if self.process is not None:  # a restart: the previous process's regions go, the new one gets its own
+            self.release_shm()
+            self.shm_prefix = self._new_shm_prefix()
         stdout: int | IO[bytes] = subprocess.PIPE
         if self._log_handle is not None:  # left open by a process that died
             self._log_handle.close()
@@ -254,6 +287,7 @@ class TritonServer:
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
+        self.release_shm()
         return self.process.returncode
 
     def _log_tail(self, lines: int = 30) -> str:
@@ -346,6 +380,7 @@ class TritonSupervisor:
             orphans = kill_orphaned_stubs(process.pid)
             if orphans:
                 log.warning("killed %d orphaned Python-backend stub(s) of the dead tritonserver", len(orphans))
+            self.server.release_shm()
             now = time.monotonic()
             self.restarts = [t for t in self.restarts if now - t < self.window_s]
             if len(self.restarts) >= self.max_restarts:

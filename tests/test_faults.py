@@ -216,6 +216,13 @@ def _tritonserver(service: Service) -> psutil.Process:
     return next(p for p in children if p.name() == "tritonserver")
 
 
+def _shm_regions(server: psutil.Process) -> list[Path]:
+    """The /dev/shm files of a tritonserver's Python backend (named by its shm-region-prefix-name)."""
+    (arg,) = [a for a in server.cmdline() if "shm-region-prefix-name=" in a]
+    prefix = arg.split("shm-region-prefix-name=", 1)[1]
+    return sorted(Path("/dev/shm").glob(f"{prefix}*"))
+
+
 def test_sigkilled_triton_answers_503_fast_and_is_restarted(
     served: Service, record_property: Callable[[str, object], None]
 ) -> None:
@@ -226,6 +233,7 @@ def test_sigkilled_triton_answers_503_fast_and_is_restarted(
     try:
         time.sleep(1.5)
         old = _tritonserver(served)
+        old_regions = _shm_regions(old)
         old.send_signal(signal.SIGKILL)
         killed_at = time.perf_counter()
         seen_not_ready = False
@@ -267,6 +275,10 @@ def test_sigkilled_triton_answers_503_fast_and_is_restarted(
     assert not stubs, "the killed server's Python-backend stubs were left running"
     log = served.log_text()
     assert "tritonserver exited with code -9; restarting in" in log and "tritonserver restarted and ready" in log
+    # The killed server's Python-backend shared memory (64 MB a region) is removed, the new server has its own.
+    assert old_regions and not any(path.exists() for path in old_regions), old_regions
+    new_regions = _shm_regions(_tritonserver(served))
+    assert new_regions and not set(new_regions) & set(old_regions)
 
 
 def test_sigterm_drains_in_flight_requests_then_exits(served: Service) -> None:
