@@ -309,28 +309,44 @@ class TritonServer:
         self.stop()
 
 
-def kill_orphaned_stubs(server_pid: int) -> list[int]:
-    """SIGKILL the Python-backend stubs of a tritonserver that died without stopping them.
+def python_stubs(server_pid: int) -> dict[int, str]:
+    """The Python-backend stub processes of a tritonserver: pid -> model instance name.
 
-    A stub's command line carries its server's pid; after a SIGKILLed server, stubs were seen
-    lingering (reparented to init) with their model and shared memory still held."""
-    killed = []
+    A stub's command line carries its server's pid and its model instance's name (`NAME-tokenizer_0_0`)."""
+    stubs = {}
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             args = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         if args and args[0].endswith(b"triton_python_backend_stub") and str(server_pid).encode() in args[1:]:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(proc.name), signal.SIGKILL)
-                killed.append(int(proc.name))
+            instance = args[8].decode(errors="replace") if len(args) > 8 else args[1].decode(errors="replace")
+            stubs[int(proc.name)] = instance
+    return stubs
+
+
+def kill_orphaned_stubs(server_pid: int) -> list[int]:
+    """SIGKILL the Python-backend stubs of a tritonserver that died without stopping them.
+
+    After a SIGKILLed server, stubs were seen lingering (reparented to init) with their model and shared memory
+    still held."""
+    killed = []
+    for pid in python_stubs(server_pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
     return killed
 
 
 class TritonSupervisor:
     """Restarts tritonserver when it dies unexpectedly: bounded restarts with exponential backoff,
     each logged. Past `max_restarts` within `window_s` it gives up and calls `on_give_up` (the
-    launcher then exits non-zero, so a container orchestrator can take over)."""
+    launcher then exits non-zero, so a container orchestrator can take over).
+
+    It also heals what Triton does not: a Python-backend stub that dies (SIGKILL, the OOM killer) leaves its
+    model answering "Stub process ... is not healthy" forever while Triton still reports it ready. Every
+    `stub_check_s` the supervisor compares the server's stub processes with those it had once ready; when one
+    is gone it stops that tritonserver (SIGKILL after `heal_stop_timeout_s`) and restarts it like a crash."""
 
     def __init__(
         self,
@@ -341,6 +357,8 @@ class TritonSupervisor:
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         ready_timeout_s: float = 300.0,
+        stub_check_s: float = 0.5,
+        heal_stop_timeout_s: float = 5.0,
         on_give_up: Callable[[], None] | None = None,
     ):
         self.server = server
@@ -350,6 +368,8 @@ class TritonSupervisor:
         self.max_backoff_s = max_backoff_s
         self.ready_timeout_s = ready_timeout_s
         self.on_give_up = on_give_up
+        self.stub_check_s = stub_check_s
+        self.heal_stop_timeout_s = heal_stop_timeout_s
         self.restarts: list[float] = []  # monotonic times of restarts, for the window
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # no restart may start while stop() runs, and vice versa
@@ -369,12 +389,37 @@ class TritonSupervisor:
             self._thread.join(timeout=5)
         return code
 
+    def _dead_stubs(self, server_pid: int, known: dict[int, str]) -> tuple[dict[int, str], list[str]]:
+        """(the stubs to compare with next time, the model instances whose stub has gone since)."""
+        if not known:  # the baseline: every stub exists once the server is ready
+            return (python_stubs(server_pid) if self.server.is_ready() else {}), []
+        alive = python_stubs(server_pid)
+        return known, [name for pid, name in known.items() if pid not in alive]
+
+    def _heal(self, dead: list[str]) -> None:
+        log.warning(
+            "the Python-backend stub of %s died (Triton keeps answering 'not healthy' for it); "
+            "restarting tritonserver", ", ".join(sorted(dead)),
+        )  # fmt: skip
+        with self._lock:
+            if not self._stopping.is_set():
+                self.server.stop(timeout_s=self.heal_stop_timeout_s)
+
     def _watch(self) -> None:
+        stubs: dict[int, str] = {}
         while not self._stopping.is_set():
             process = self.server.process
-            if process is None or process.poll() is None:
+            if process is None:
                 self._stopping.wait(0.2)
                 continue
+            if process.poll() is None:
+                stubs, dead = self._dead_stubs(process.pid, stubs)
+                if dead:
+                    self._heal(dead)
+                    stubs = {}
+                self._stopping.wait(self.stub_check_s)
+                continue
+            stubs = {}
             if self._stopping.is_set():
                 return
             orphans = kill_orphaned_stubs(process.pid)

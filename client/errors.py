@@ -94,6 +94,8 @@ _MESSAGE_PATTERNS: tuple[tuple[re.Pattern[str], type[EmbeddingError]], ...] = (
     ),
     # Before "unknown model": Triton says "Request for unknown model: 'x' has no available versions".
     (re.compile(r"model.*(is not ready|has no available versions)|unavailable model", re.I), ModelNotReady),
+    # A Python-backend stub that died: its model cannot answer until it is restarted (the supervisor does).
+    (re.compile(r"stub process .* is not healthy", re.I), ModelNotReady),
     (re.compile(r"unknown model|model.*is not found", re.I), ModelNotFound),
     (re.compile(r"deadline exceeded|timed out", re.I), RequestTimeout),
     (re.compile(r"invalid input|invalid argument|unexpected shape|batch-size must be", re.I), InvalidInput),

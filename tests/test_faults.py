@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 
@@ -279,6 +280,60 @@ def test_sigkilled_triton_answers_503_fast_and_is_restarted(
     assert old_regions and not any(path.exists() for path in old_regions), old_regions
     new_regions = _shm_regions(_tritonserver(served))
     assert new_regions and not set(new_regions) & set(old_regions)
+
+
+def _embedding(url: str) -> list[float]:
+    response = httpx.post(f"{url}/v1/embeddings", json={"model": MODEL, "input": TEXTS[0]}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()["data"][0]["embedding"]
+
+
+@pytest.mark.parametrize("stub", ["tokenizer", "encoder"])
+def test_sigkilled_stub_is_healed_without_500s(
+    served: Service, stub: str, record_property: Callable[[str, object], None]
+) -> None:
+    """Triton keeps a model whose Python-backend stub died READY but answering "not healthy" (500s forever);
+    the supervisor sees the stub gone and restarts tritonserver: /ready 503 within 5 s, correct vectors again
+    within 30 s, clients never see a 500."""
+    reference = np.array(_embedding(served.url))
+    triton = _tritonserver(served)
+    (victim,) = [
+        p
+        for p in triton.children()
+        if p.name().startswith("triton_python") and f"{MODEL}-{stub}_0" in " ".join(p.cmdline())
+    ]
+    report = LoadReport()
+    stop = threading.Event()
+    loader = threading.Thread(target=lambda: asyncio.run(closed_loop(served.url, 2, 120, stop, report)))
+    loader.start()
+    try:
+        time.sleep(1.0)
+        victim.send_signal(signal.SIGKILL)
+        killed_at = time.perf_counter()
+        not_ready_s = healed_s = None
+        while time.perf_counter() - killed_at < 60 and healed_s is None:
+            elapsed = time.perf_counter() - killed_at
+            ready = httpx.get(f"{served.url}/ready", timeout=5).status_code
+            if ready == 503 and not_ready_s is None:
+                not_ready_s = elapsed
+            if ready == 200 and not_ready_s is not None:
+                healed_s = elapsed
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        loader.join()
+    vector = np.array(_embedding(served.url))
+    statuses = report.statuses()
+    summary = {"statuses": {str(k): v for k, v in statuses.items()}, "not_ready_s": not_ready_s, "healed_s": healed_s}
+    record_property(f"stub_kill_{stub}", summary)
+    print(f"SIGKILL {stub} stub:", summary)
+    assert not_ready_s is not None and not_ready_s < 5, summary
+    assert healed_s is not None and healed_s < 30, served.log_text()[-3000:]
+    assert set(statuses) <= {200, 503}, summary  # never a 500
+    assert not report.lost()
+    assert float(vector @ reference) > 0.9999
+    assert f"the Python-backend stub of {MODEL}-{stub}_0_0 died" in served.log_text()
 
 
 def test_sigterm_drains_in_flight_requests_then_exits(served: Service) -> None:
