@@ -60,6 +60,9 @@ class ModelFacts:
     # bge-m3's layout: `sparse_linear.pt` and `colbert_linear.pt` beside the checkpoint (FlagEmbedding's
     # BGEM3FlagModel heads); export then adds the sparse / ColBERT models and ensembles.
     m3_heads: bool = False
+    # What a cosine means for this model: its scores on human-rated STS pairs per language, measured at export
+    # (export/score_bands.py), as compact JSON; "" when not measured (older exports).
+    score_bands: str = ""
 
     # -- reading from a checkpoint ---------------------------------------------------------
     @classmethod
@@ -146,7 +149,12 @@ class ModelFacts:
             vocab_size=int(self.vocab_size),
             precision=str(self.precision),
             m3_heads=as_bool(self.m3_heads),
+            score_bands=str(self.score_bands),
         )
+
+    def score_bands_dict(self) -> dict[str, Any] | None:
+        """`score_bands` parsed; None when the export did not measure them."""
+        return json.loads(self.score_bands) if self.score_bands else None
 
 
 def has_m3_heads(checkpoint: Path) -> bool:

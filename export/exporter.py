@@ -6,9 +6,13 @@ import dataclasses
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from bge_triton.evaluation.datasets import DatasetError
 from bge_triton.model_facts import ModelFacts
 
 from .checkpoint import default_name, resolve_checkpoint
@@ -36,6 +40,7 @@ from .parity import (
     compare_m3,
 )
 from .repository import BatchingOptions, M3HeadFiles, Target, write_repository
+from .score_bands import measure, to_text
 
 log = logging.getLogger("bge_triton.export")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
@@ -165,6 +170,7 @@ def export_model(
                 log.warning("the optimised graph misses the parity floor; trying the unoptimised graph")
         if not report.passed:
             raise ParityError(report)
+        facts = dataclasses.replace(facts, score_bands=_score_bands(tokenizer_json, encoder, pooling, m3_heads, facts))
         ensemble_dir = write_repository(
             repository,
             facts,
@@ -180,6 +186,33 @@ def export_model(
     seconds = time.perf_counter() - started
     log.info("wrote %s (%.1f s)", ensemble_dir.parent, seconds)
     return ExportResult(facts, ensemble_dir, report, seconds)
+
+
+def _score_bands(
+    tokenizer_json: Path, encoder: Path, pooling: Path, m3_heads: M3HeadFiles | None, facts: ModelFacts
+) -> str:
+    """The exported pipeline's cosines on STS pairs by gold band (export/score_bands.py), as the facts' JSON."""
+    started = time.perf_counter()
+    embed: Callable[[list[str]], np.ndarray]
+    if m3_heads is not None:
+        m3 = M3OnnxPipeline(tokenizer_json, encoder, pooling, m3_heads, facts)
+        embed = lambda texts: m3.encode(texts).dense  # noqa: E731
+    else:
+        embed = OnnxPipeline(tokenizer_json, encoder, pooling, facts).embed
+    try:
+        bands = measure(embed, facts.passage_instruction)
+    except (OSError, DatasetError) as exc:  # the shipped STS sets are missing: serve without words for scores
+        log.warning("score bands not measured (%s); the web page will show scores without words", exc)
+        return ""
+    log.info("score bands measured on STS pairs in %.1f s", time.perf_counter() - started)
+    for language, found in bands["languages"].items():
+        log.info(
+            "score bands %s (%d %s pairs): median cosine %s; label thresholds %s",
+            language, found["pairs"], found["source"],
+            ", ".join(f"{b['label']} {b['median']:.3f}" for b in found["bands"]),
+            ", ".join(f"{k} {v:.3f}" for k, v in found["thresholds"].items()),
+        )  # fmt: skip
+    return to_text(bands)
 
 
 def _tokenizer_json(checkpoint: Path, tmp: Path) -> Path:

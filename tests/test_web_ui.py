@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -124,6 +125,22 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def _cards(service: Service) -> list[dict[str, Any]]:
+    return list(httpx.get(f"{service.url}/v1/models", timeout=10).json()["data"])
+
+
+def _label(score: float, card: dict[str, Any], language: str) -> str:
+    """The words the page must show for `score`: the band whose threshold (from the model's score bands, measured
+    at export on STS pairs) the score reaches; the lowest band below every threshold."""
+    bands = card["score_bands"]["languages"][language]
+    assert bands["ordered"], bands
+    label = bands["bands"][0]["label"]
+    for band in bands["bands"]:
+        if score >= bands["thresholds"].get(band["label"], 2.0):
+            label = band["label"]
+    return str(label)
+
+
 def _error_message(service: Service, path: str, body: dict[str, Any]) -> str:
     response = httpx.post(f"{service.url}{path}", json=body, timeout=30)
     assert response.status_code >= 400
@@ -152,9 +169,32 @@ def test_two_texts_cosine_equals_the_api(page: Page, proxy: Service, shots: Path
     expected = _cos(vectors[0], vectors[1])
     assert page.text_content("#cosine") == f"{expected:.4f}"
     assert abs(float(page.get_attribute("#cosine", "data-value") or "nan") - expected) < 1e-6
-    assert page.text_content("#band") in ("near-identical meaning", "very similar", "related", "loosely related")
+    (card,) = [c for c in _cards(proxy) if c["id"] == MINILM]
+    assert page.text_content("#band") == _label(expected, card, "en")
+    assert "English STS pairs people rated" in (page.text_content("#band-note") or "")
     assert page.is_hidden("#m3-scores") and page.is_hidden("#error")
     page.screenshot(path=str(shots / "two-text.png"), full_page=True)
+
+
+def test_score_words_follow_the_models_own_score_bands(page: Page, proxy: Service) -> None:
+    """The words beside a score come from where it falls among the model's cosines on human-rated STS pairs of the
+    texts' language (GET /v1/models `score_bands`), not from fixed cut-offs."""
+    (card,) = [c for c in _cards(proxy) if c["id"] == MINILM]
+    zh = card["score_bands"]["languages"]["zh"]
+    assert [b["label"] for b in zh["bands"]] == ["unrelated", "related", "paraphrase"]
+    assert zh["source"] == "zh-stsb-test.tsv" and zh["pairs"] >= 90 and card["score_bands"]["input_type"] == "passage"
+    en = card["score_bands"]["languages"]["en"]
+    assert en["bands"][0]["median"] < en["thresholds"]["related"] < en["thresholds"]["paraphrase"]
+    _open(page, proxy, MINILM)
+    for a, b, language in (("量子力学的基本原理", "我家的猫喜欢睡觉", "zh"), ("A man is playing a flute.",
+                           "A man is playing a flute.", "en"), ("A man is playing a flute.", "The stock market fell.",
+                           "en")):  # fmt: skip
+        page.fill("#text-a", a)
+        page.fill("#text-b", b)
+        _press(page, "#compare")
+        score = float(page.get_attribute("#cosine", "data-value") or "nan")
+        assert page.text_content("#band") == _label(score, card, language), (a, b, score)
+    assert page.text_content("#band") == "unrelated" and page.text_content("#band") != "very similar"
 
 
 def test_bge_m3_scores_side_by_side_equal_v1_similarity(page: Page, m3_proxy: Service, shots: Path) -> None:
@@ -187,6 +227,11 @@ def test_many_texts_heatmap_hover_and_near_duplicates(page: Page, proxy: Service
     page.click("#tab-many")
     page.fill("#many-texts", "\n".join(texts) + "\n\n")  # blank lines are ignored
     _press(page, "#matrix")
+    (card,) = [c for c in _cards(proxy) if c["id"] == MINILM]
+    # the near-duplicate threshold starts at the model's paraphrase level for the texts' language (English here)
+    paraphrase = card["score_bands"]["languages"]["en"]["thresholds"]["paraphrase"]
+    assert float(page.input_value("#threshold")) == round(paraphrase, 2)
+    assert "paraphrase level" in (page.text_content("#threshold-note") or "")
     assert page.locator("#heatmap td.cell").count() == n * n
     assert page.locator("#heatmap th.row").count() == n
     vectors = _embed(proxy, texts, MINILM)
@@ -213,7 +258,11 @@ def test_many_texts_heatmap_hover_and_near_duplicates(page: Page, proxy: Service
     page.hover("#heatmap td.cell[data-i='0'][data-j='1']")
     tooltip = page.text_content("#tooltip") or ""
     assert page.is_visible("#tooltip") and f"{expected[0, 1]:.4f}" in tooltip and texts[1] in tooltip
-    page.screenshot(path=str(shots / "many-text.png"), full_page=True)
+
+    # the user's threshold stays when the heatmap is recomputed
+    page.fill("#threshold", "0.6")
+    _press(page, "#matrix")
+    assert page.input_value("#threshold") == "0.6" and page.text_content("#threshold-note") == ""
 
     # a .txt file dropped on the text box replaces the lines and redraws the heatmap
     dropped = ["alpha beta", "alpha beta gamma", "zeta"]
@@ -233,6 +282,38 @@ def test_many_texts_heatmap_hover_and_near_duplicates(page: Page, proxy: Service
     page.set_input_files("#many-file", str(path))
     page.wait_for_function(f"() => Number(document.body.dataset.seq || 0) > {before}")
     assert page.locator("#heatmap td.cell").count() == 16
+
+
+def test_chinese_heatmap_labels_are_upright_and_the_threshold_is_chinese(
+    page: Page, proxy: Service, shots: Path
+) -> None:
+    _open(page, proxy, MINILM)
+    page.click("#tab-many")
+    defaults = page.input_value("#many-texts").splitlines()
+    assert sum(bool(re.search(r"[\u4e00-\u9fff]", line)) for line in defaults) >= 3  # Chinese sample texts
+    _press(page, "#matrix")
+    assert page.locator("#heatmap td.cell").count() == len(defaults) ** 2
+    (card,) = [c for c in _cards(proxy) if c["id"] == MINILM]
+    paraphrase = card["score_bands"]["languages"]["zh"]["thresholds"]["paraphrase"]
+    assert float(page.input_value("#threshold")) == round(paraphrase, 2)
+    # a Chinese column label reads top to bottom with upright glyphs: no rotation, the first character on top
+    label = page.evaluate(
+        """() => {
+            const span = document.querySelector('#heatmap th.col span');
+            const text = span.firstChild;
+            const han = [...text.data].map((c, i) => [c, i]).filter(([c]) => /\\p{Script=Han}/u.test(c));
+            const rect = (i) => { const r = document.createRange(); r.setStart(text, i); r.setEnd(text, i + 1);
+                                  return r.getBoundingClientRect(); };
+            const first = rect(han[0][1]), last = rect(han[han.length - 1][1]);
+            const style = getComputedStyle(span);
+            return {transform: style.transform, writing: style.writingMode, orientation: style.textOrientation,
+                    firstTop: first.top, lastTop: last.top, firstLeft: first.left, lastLeft: last.left};
+        }"""
+    )
+    assert label["transform"] == "none" and label["writing"] == "vertical-rl", label
+    assert label["orientation"] in ("mixed", "upright"), label
+    assert label["firstTop"] < label["lastTop"] and abs(label["firstLeft"] - label["lastLeft"]) < 2, label
+    page.screenshot(path=str(shots / "many-text.png"), full_page=True)
 
 
 def test_tokens_view_marks_the_window(page: Page, proxy: Service, shots: Path) -> None:
@@ -259,20 +340,57 @@ def test_tokens_view_marks_the_window(page: Page, proxy: Service, shots: Path) -
     page.screenshot(path=str(shots / "tokens.png"), full_page=True)
 
 
-def test_api_errors_are_shown_with_their_message(page: Page, proxy: Service) -> None:
+def test_errors_name_the_field_and_clear_the_previous_result(page: Page, proxy: Service) -> None:
     _open(page, proxy, MINILM)
     page.fill("#text-a", "some text")
-    page.fill("#text-b", "")
+    page.fill("#text-b", "other text")
     _press(page, "#compare")
-    message = _error_message(proxy, "/v1/embeddings", {"model": MINILM, "input": ["some text", ""]})
-    assert message == "input 1 is an empty string"
-    assert page.is_visible("#error")
-    assert page.text_content("#error .error-message") == message
-    assert "400" in (page.text_content("#error") or "")
+    assert page.is_visible("#two-result")
+    page.fill("#text-b", "  ")
+    _press(page, "#compare")
+    assert page.is_visible("#error") and page.text_content("#error .error-message") == "Text B is empty"
+    assert page.is_hidden("#two-result")  # the previous pair's score is not left beside the error
+    page.fill("#text-b", "fine again")
+    _press(page, "#compare")
+    assert page.is_hidden("#error") and page.is_visible("#two-result")
+
     page.click("#tab-tokens")
-    page.fill("#token-texts", "   \n  ")  # no lines: /tokenize answers 400 for an empty list
     _press(page, "#tokenize")
-    assert page.text_content("#error .error-message") == _error_message(proxy, "/tokenize", {"inputs": []})
+    assert page.is_visible("#token-result")
+    page.fill("#token-texts", "   \n  ")  # no lines
+    _press(page, "#tokenize")
+    assert page.text_content("#error .error-message") == "Texts is empty: write one text per line"
+    assert page.is_hidden("#token-result")
+
+
+def test_api_errors_are_shown_with_their_message(page: Page, proxy: Service) -> None:
+    """An error the API finds is shown with its status and message, inputs named as the page's fields."""
+    message = _error_message(proxy, "/v1/embeddings", {"model": "no-such-model", "input": ["a", "b"]})
+    _open(page, proxy, MINILM)
+    page.evaluate("() => { const o = document.createElement('option'); o.value = o.textContent = 'no-such-model';"
+                  " document.querySelector('#model').append(o); }")  # fmt: skip
+    page.select_option("#model", "no-such-model")
+    _press(page, "#compare")
+    assert page.text_content("#error .error-message") == message
+    assert "404" in (page.text_content("#error") or "")
+    long = "word " * 2000  # over the window: the API refuses it when asked not to truncate; the page names it
+    refused = _error_message(proxy, "/v1/embeddings", {"model": MINILM, "input": ["a", long], "truncate": False})
+    assert "input 1" in refused
+    page.select_option("#model", MINILM)
+    page.evaluate("() => { const orig = JSON.stringify; JSON.stringify = (v, ...r) => orig("
+                  "v && v.input && !v.query ? {...v, truncate: false} : v, ...r); }")  # fmt: skip
+    page.fill("#text-a", "a")
+    page.fill("#text-b", long)
+    _press(page, "#compare")
+    assert page.text_content("#error .error-message") == refused.replace("input 1", "Text B")
+
+
+def test_model_picker_lists_served_models_not_their_query_passage_variants(page: Page, proxy: Service) -> None:
+    cards = _cards(proxy)
+    _open(page, proxy)
+    options = page.eval_on_selector_all("#model option", "options => options.map(o => o.value)")
+    assert options == [c["id"] for c in cards if not c.get("parent")]
+    assert not {c["id"] for c in cards if c.get("parent")} & set(options)
 
 
 def test_copy_as_curl_and_python_reproduce_the_vectors(page: Page, proxy: Service, tmp_path: Path) -> None:

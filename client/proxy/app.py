@@ -234,7 +234,7 @@ def _card(listed: ListedName) -> ModelCard:
     return ModelCard(
         id=listed.id, dimensions=facts.dim, max_tokens=facts.max_tokens, pooling=facts.pooling,
         query_instruction=facts.query_instruction, passage_instruction=facts.passage_instruction, m3=facts.m3_heads,
-        parent=listed.parent, input_type=listed.input_type,
+        parent=listed.parent, input_type=listed.input_type, score_bands=facts.score_bands_dict(),
     )  # fmt: skip
 
 

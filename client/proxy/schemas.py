@@ -50,6 +50,32 @@ class EmbeddingResponse(BaseModel):
     usage: Usage
 
 
+class ScoreBand(BaseModel):
+    """The model's cosines on STS pairs whose human score (0-5) lies in `gold`."""
+
+    label: str  # unrelated [0, 2), related [2, 4), paraphrase [4, 5]
+    gold: list[float]
+    pairs: int
+    p25: float
+    median: float
+    p75: float
+
+
+class LanguageScoreBands(BaseModel):
+    source: str  # the STS set the pairs come from (shipped in the package)
+    pairs: int
+    bands: list[ScoreBand]
+    thresholds: dict[str, float]  # a score at or above thresholds[label] reads as `label` (related, paraphrase)
+    ordered: bool  # the medians rise with the human score; false: the model's scores say little (no words)
+
+
+class ScoreBands(BaseModel):
+    """What a cosine means for this model, measured at export (export/score_bands.py): per language (zh, en)."""
+
+    input_type: str  # the instruction the texts were embedded with
+    languages: dict[str, LanguageScoreBands]
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -65,6 +91,7 @@ class ModelCard(BaseModel):
     # (null for served names and aliases; a model picker lists only the cards without a parent)
     parent: str | None = None
     input_type: Literal["query", "passage"] | None = None
+    score_bands: ScoreBands | None = None  # null for models exported before score bands were measured
 
 
 class ModelList(BaseModel):

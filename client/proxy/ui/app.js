@@ -7,7 +7,8 @@ const MAX_LINES = 200; // many-text mode: an N x N table gets unreadable (and sl
 const MAX_CHIPS = 1024; // tokens drawn per text (past the window mark); the rest are counted
 
 const $ = (id) => document.getElementById(id);
-const state = { models: [], mode: "two" };
+const state = { models: [], mode: "two", thresholdTouched: false };
+const HAN = /\p{Script=Han}/u; // Chinese characters: such texts are read with the model's Chinese score bands
 
 // ---------------------------------------------------------------- API calls
 class ApiError extends Error {
@@ -82,6 +83,9 @@ function clearError() {
   $("error").textContent = "";
 }
 
+// the result box each mode's primary button fills: hidden when that action fails, so no stale result stays
+const RESULTS = { compare: "two-result", matrix: "many-result", tokenize: "token-result" };
+
 async function action(button, work) {
   clearError();
   const buttons = document.querySelectorAll("button.primary");
@@ -91,6 +95,10 @@ async function action(button, work) {
     await work();
   } catch (err) {
     showError(err);
+    if (button && RESULTS[button.id]) {
+      $(RESULTS[button.id]).hidden = true;
+      if (button.id === "matrix") state.matrix = null;
+    }
   } finally {
     buttons.forEach((b) => (b.disabled = false));
     document.body.classList.remove("busy");
@@ -117,7 +125,7 @@ async function loadModels() {
   const previous = select.value;
   try {
     const { data } = await api("/v1/models");
-    state.models = data.data;
+    state.models = data.data.filter((card) => !card.parent); // NAME-query / NAME-passage are variants of NAME
     select.textContent = "";
     for (const card of state.models) {
       const option = document.createElement("option");
@@ -165,13 +173,38 @@ function cosine(a, b) {
   return dot / Math.sqrt(na * nb || 1);
 }
 
-function band(score) {
-  // rough, model-dependent reading of a cosine; e5-style models score everything higher
-  if (score >= 0.9) return ["near-identical meaning", "b-5"];
-  if (score >= 0.75) return ["very similar", "b-4"];
-  if (score >= 0.5) return ["related", "b-3"];
-  if (score >= 0.25) return ["loosely related", "b-2"];
-  return ["unrelated", "b-1"];
+// ---------------------------------------------------------------- what a score means for this model
+// Cosine scales differ between models, so the words come from the model's own scores on human-rated STS pairs,
+// measured at export (card.score_bands, see export/score_bands.py): a score at or above thresholds.paraphrase
+// reads like pairs people rated 4-5 of 5, at or above thresholds.related like pairs rated 2-4, below it like 0-2.
+const LABEL_CLASS = { unrelated: "b-1", related: "b-3", paraphrase: "b-5" };
+const LANGUAGE_NAMES = { zh: "Chinese", en: "English" };
+
+function language(texts) {
+  return texts.some((t) => HAN.test(t)) ? "zh" : "en";
+}
+
+function scoreBands(card, lang) {
+  const bands = card && card.score_bands && card.score_bands.languages[lang];
+  return bands && bands.ordered ? bands : null; // unordered: the model's scores do not separate the bands
+}
+
+function band(score, card, lang) {
+  // [label, css class, note]; no words (label "") for a model without calibration
+  const bands = scoreBands(card, lang);
+  if (!bands) return ["", "", "no score bands for this model: read the cosine against other pairs"];
+  let found = bands.bands[0];
+  for (const b of bands.bands) if (b.label in bands.thresholds && score >= bands.thresholds[b.label]) found = b;
+  const note =
+    "for this model, like " + LANGUAGE_NAMES[lang] + " STS pairs people rated " + found.gold[0] + "–" +
+    found.gold[1] + " of 5 (their median cosine: " + found.median.toFixed(3) + ")";
+  return [found.label, LABEL_CLASS[found.label] || "b-3", note];
+}
+
+function duplicateThreshold(card, texts) {
+  // the paraphrase threshold of the texts' language; null without calibration
+  const bands = scoreBands(card, language(texts));
+  return bands && "paraphrase" in bands.thresholds ? Math.round(bands.thresholds.paraphrase * 100) / 100 : null;
 }
 
 function lines(text) {
@@ -205,20 +238,38 @@ async function embed(texts) {
 }
 
 // ---------------------------------------------------------------- two-text mode
+function requireText(value, field) {
+  if (!value.trim()) throw new ApiError(0, field + " is empty");
+}
+
+function namedInputs(err, names) {
+  // the API counts inputs from 0 ("input 1 is an empty string"); the page names the fields the user filled
+  if (err instanceof ApiError) {
+    err.message = err.message.replace(/\binput (\d+)\b/g, (whole, i) => names[Number(i)] || whole);
+  }
+  return err;
+}
+
 async function compare() {
   const card = currentModel();
   const texts = [$("text-a").value, $("text-b").value];
+  requireText(texts[0], "Text A");
+  requireText(texts[1], "Text B");
   const m3 = Boolean(card && card.m3);
   const [dense, scores] = await Promise.all([
     embed(texts),
     m3 ? api("/v1/similarity", similarityBody()) : Promise.resolve(null),
-  ]);
+  ]).catch((err) => {
+    throw namedInputs(err, ["Text A", "Text B"]);
+  });
   const score = cosine(dense.vectors[0], dense.vectors[1]);
-  const [label, cls] = band(score);
+  const [label, cls, note] = band(score, card, language(texts));
   $("cosine").textContent = score.toFixed(4);
   $("cosine").dataset.value = String(score);
   $("band").textContent = label;
   $("band").className = "band " + cls;
+  $("band").hidden = !label;
+  $("band-note").textContent = note;
   $("two-usage").textContent = dense.usage.prompt_tokens + " tokens · " + $("model").value + " · " + inputType();
   $("m3-scores").hidden = !m3;
   if (m3) {
@@ -254,7 +305,10 @@ async function heatmap() {
   if (texts.length > MAX_LINES) {
     throw new ApiError(0, texts.length + " lines: the heatmap takes at most " + MAX_LINES, "too_many_lines");
   }
-  const { vectors } = await embed(texts);
+  if (texts.length < 2) throw new ApiError(0, "Texts: write at least two lines to compare");
+  const { vectors } = await embed(texts).catch((err) => {
+    throw namedInputs(err, texts.map((_, i) => "line " + (i + 1)));
+  });
   const n = texts.length;
   const matrix = [];
   let low = 1;
@@ -269,6 +323,7 @@ async function heatmap() {
   if (n === 1) low = 0;
   low = Math.min(low, 0.999);
   state.matrix = { texts, matrix, low };
+  calibrateThreshold(texts);
   drawHeatmap();
   updateDuplicates();
   $("many-result").hidden = false;
@@ -350,7 +405,23 @@ function updateDuplicates() {
   }
 }
 
+function calibrateThreshold(texts) {
+  // until the user moves it, the near-duplicate threshold is the model's paraphrase level for these texts
+  if (state.thresholdTouched) return;
+  const value = duplicateThreshold(currentModel(), texts);
+  const lang = LANGUAGE_NAMES[language(texts)];
+  if (value === null) {
+    $("threshold-note").textContent = "";
+    return;
+  }
+  $("threshold-range").value = String(value);
+  $("threshold").value = String(value);
+  $("threshold-note").textContent = "this model's paraphrase level (" + lang + " STS pairs rated 4–5 of 5)";
+}
+
 function setThreshold(value, from) {
+  state.thresholdTouched = true;
+  $("threshold-note").textContent = "";
   if (from !== "range") $("threshold-range").value = String(value);
   if (from !== "number") $("threshold").value = String(value);
   updateDuplicates();
@@ -389,6 +460,7 @@ async function readDroppedFile(file) {
 // ---------------------------------------------------------------- tokens mode
 async function tokenize() {
   const texts = lines($("token-texts").value);
+  if (!texts.length) throw new ApiError(0, "Texts is empty: write one text per line");
   const card = currentModel();
   const { data, headers: responseHeaders } = await api("/tokenize", tokenizeBody(texts));
   const limit = Number(responseHeaders.get("x-max-tokens")) || (card ? card.max_tokens : 0);
@@ -591,7 +663,10 @@ function selectMode(mode) {
 
 function init() {
   for (const tab of document.querySelectorAll("[role=tab]")) tab.addEventListener("click", () => selectMode(tab.dataset.mode));
-  $("model").addEventListener("change", showModelInfo);
+  $("model").addEventListener("change", () => {
+    state.thresholdTouched = false;
+    showModelInfo();
+  });
   for (const radio of document.querySelectorAll("input[name=input_type]")) radio.addEventListener("change", showModelInfo);
   $("key-form").addEventListener("submit", (event) => {
     event.preventDefault();
