@@ -107,6 +107,19 @@ def test_default_serve_is_multilingual_and_matches_sentence_transformers_on_chin
     q = np.array(httpx.post(f"{served.url}/v1/embeddings", json=query, timeout=30).json()["data"][0]["embedding"])
     assert int(np.argmax(v @ q)) in (0, 1)
 
+    # What a score means (the web page's words and near-duplicate threshold): e5 scores unrelated Chinese sentences
+    # around 0.84, which fixed cut-offs called "very similar"; its own score bands call it unrelated.
+    zh = cards[E5]["score_bands"]["languages"]["zh"]
+    assert zh["ordered"] and 0.85 < zh["thresholds"]["related"] < zh["thresholds"]["paraphrase"] < 0.99, zh
+    unrelated = ["量子力学的基本原理", "我家的猫喜欢睡觉", "明天上午十点开会", "这家餐厅的牛肉面很好吃",
+                 "如何部署文本向量模型？", "长江是中国最长的河流"]  # fmt: skip
+    body = {"model": E5, "input": unrelated, "encoding_format": "float"}
+    answer = httpx.post(f"{served.url}/v1/embeddings", json=body, timeout=30).json()
+    u = np.array([d["embedding"] for d in answer["data"]])
+    pairs = (u @ u.T)[np.triu_indices(len(unrelated), 1)]
+    assert float(u[0] @ u[1]) < zh["thresholds"]["related"]  # 量子力学 vs 我家的猫: "unrelated"
+    assert int((pairs >= 0.80).sum()) >= 10 and int((pairs >= round(zh["thresholds"]["paraphrase"], 2)).sum()) == 0
+
     report = _eval(["--url", f"{served.url}/v1", "--task", "sts-zh"], tmp_path / "e5.json")
     task = report["tasks"]["sts-zh"]
     assert report["sts_input_type"] == "query"  # e5: `query: ` on both sides of a symmetric task
