@@ -25,7 +25,7 @@ from torch import nn
 
 from bge_triton.model_facts import COLBERT_LINEAR_FILE, SPARSE_LINEAR_FILE, ModelFacts
 
-from .onnx_export import SEQUENCE, export_module
+from .onnx_export import SEQUENCE, export_module, pin_output_dims
 from .repository import M3HeadFiles
 
 # The ids FlagEmbedding leaves out of the lexical weights: tokenizer.special_tokens_map's entries for these.
@@ -114,6 +114,9 @@ def export_m3_heads(heads: M3Heads, facts: ModelFacts, out_dir: Path, unused_tok
             "colbert_vecs": {0: "batch", 1: SEQUENCE},
         },
     )
+    # static sizes as the configs declare them (the normalisation leaves ColBERT's last dim symbolic)
+    pin_output_dims(sparse, "token_weights", ["batch", SEQUENCE])
+    pin_output_dims(colbert, "colbert_vecs", ["batch", SEQUENCE, heads.colbert_dim])
     return M3HeadFiles(sparse, colbert, heads.colbert_dim, tuple(unused_token_ids))
 
 

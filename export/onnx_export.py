@@ -139,7 +139,44 @@ def export_pooling(facts: ModelFacts, out: Path) -> Path:
         "embedding": {0: "batch"},
     }
     export_module(pooler, dummy, out, ["last_hidden_state", "attention_mask"], ["embedding"], axes)
-    return out
+    keep_mask_input(out)
+    return pin_output_dims(out, "embedding", ["batch", facts.dim])
+
+
+def keep_mask_input(graph: Path) -> Path:
+    """Declare `attention_mask` as a graph input even where the pooling does not read it (CLS): the exporter drops
+    unused inputs, and Triton's onnxruntime backend refuses a config that lists more inputs than the graph has
+    ("configuration expects 2 inputs, model provides 1")."""
+    import onnx
+
+    model = onnx.load(str(graph))
+    if any(i.name == "attention_mask" for i in model.graph.input):
+        return graph
+    model.graph.input.append(
+        onnx.helper.make_tensor_value_info("attention_mask", onnx.TensorProto.INT64, ["batch", SEQUENCE])
+    )
+    onnx.save_model(model, str(graph))
+    return graph
+
+
+def pin_output_dims(graph: Path, output: str, dims: list[int | str]) -> Path:
+    """Write `dims` (ints static, strings symbolic) into the declared shape of `output`. The TorchScript exporter
+    leaves some static sizes symbolic (last-token pooling + normalisation declares `[batch, Divembedding_dim_1]`),
+    and Triton's onnxruntime backend compares a graph's output dims with the config's exactly: a symbolic dim
+    against `dim` refuses to load the model."""
+    import onnx
+
+    model = onnx.load(str(graph))
+    (value,) = [o for o in model.graph.output if o.name == output]
+    shape = value.type.tensor_type.shape
+    del shape.dim[:]
+    for d in dims:
+        if isinstance(d, int):
+            shape.dim.add().dim_value = d
+        else:
+            shape.dim.add().dim_param = d
+    onnx.save_model(model, str(graph))
+    return graph
 
 
 def export_module(
