@@ -23,7 +23,9 @@ Targets (everything but the encoder and pooling models is identical):
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ from .onnx_export import external_data_file, external_data_locations
 Target = Literal["local", "container-gpu"]
 TARGETS: tuple[str, ...] = ("local", "container-gpu")
 SOURCES_DIR = Path(triton_models.__file__).parent
+STAGING_PREFIX = ".bge-triton-staging-"
 
 TYPE = {
     "bytes": mc.TYPE_STRING,
@@ -434,7 +437,8 @@ def write_repository(
     folders = list(names.values())
     local = target == "local"
     runner = {"model.py": SOURCES_DIR / "onnx_runner.py"} if local else {}
-    staging = Path(tempfile.mkdtemp(prefix=".bge-triton-", dir=repository.parent))
+    _remove_stale_staging(repository)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=staging_parent(repository)))
     try:
         _write_model(
             staging,
@@ -465,10 +469,44 @@ def write_repository(
             dest = repository / folder
             if dest.exists():
                 shutil.rmtree(dest)
-            (staging / folder).rename(dest)
+            move_folder(staging / folder, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return repository / names["ensemble"]
+
+
+def staging_parent(repository: Path) -> Path:
+    """Where the new model folders are built before they are renamed into `repository`: beside it when that is
+    one filesystem, else inside it. A rename cannot cross filesystems (EXDEV), and a repository that is a
+    mount point (compose's bind mount `/models`, a Kubernetes PVC, a tmpfs) never shares its parent's mount.
+    Triton takes every folder of a repository for a model, dot-folders too ("Poll failed for model directory
+    '.bge-triton-…'"), so staging inside is the second choice: it exists only while export runs."""
+    parent = repository.resolve().parent
+    if os.path.ismount(repository) or os.stat(repository).st_dev != os.stat(parent).st_dev:
+        return repository
+    return parent
+
+
+def move_folder(source: Path, dest: Path) -> None:
+    """Rename `source` to `dest`; a copy where the kernel refuses the rename across mounts (EXDEV: two bind
+    mounts of one filesystem share st_dev but not a mount)."""
+    try:
+        source.rename(dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        partial = dest.with_name(f"{STAGING_PREFIX}{dest.name}")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(source, partial)
+        partial.rename(dest)  # same folder: atomic
+        shutil.rmtree(source, ignore_errors=True)
+
+
+def _remove_stale_staging(repository: Path) -> None:
+    """Staging folders an interrupted export (SIGKILL) left inside the repository: Triton would refuse them."""
+    for stale in repository.glob(f"{STAGING_PREFIX}*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _write_m3_models(
