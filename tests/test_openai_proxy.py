@@ -242,12 +242,14 @@ def test_suffixed_model_names_select_the_instruction(
 
     by_field, by_name = embed(BGE, input_type="query"), embed(f"{BGE}-query")
     plain, passage_by_name = embed(BGE), embed(f"{BGE}-passage")
-    assert cosine_rows(by_name, by_field).min() >= 0.9999
+    # components within 1e-4: the tiny random model maps every text to within cosine ~0.99997 of every other
+    np.testing.assert_allclose(by_name, by_field, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(passage_by_name, plain, rtol=0, atol=1e-4)
+    assert np.abs(by_name - plain).max() > 1e-4
     assert cosine_rows(by_name, bge_reference.embed([INSTRUCTION + text])).min() >= 0.9999
-    assert cosine_rows(passage_by_name, plain).min() >= 0.9999
     # the random tiny model maps both close together: the query must still sit nearer its own reference
     assert cosine_rows(by_name, bge_reference.embed([INSTRUCTION + text]))[0] > cosine_rows(by_name, plain)[0]
-    assert cosine_rows(embed(f"{BGE}-query", input_type="query"), by_field).min() >= 0.9999  # agreeing: fine
+    np.testing.assert_allclose(embed(f"{BGE}-query", input_type="query"), by_field, rtol=0, atol=1e-4)  # agreeing
     alias = sdk.embeddings.create(model="text-embedding-3-small-query", input=text, encoding_format="float")
     assert alias.model == "text-embedding-3-small-query"
     assert cosine_rows(_vectors(alias), embed(MINILM, input_type="query")).min() >= 0.9999
@@ -273,7 +275,9 @@ def test_suffixed_names_refuse_what_they_cannot_mean(
     assert (response.json()["error"]["code"], response.json()["error"]["param"]) == (code, param)
 
 
-def test_token_ids_get_no_instruction_put_in_front(proxy: Service, bge_reference: TorchReference) -> None:
+def test_token_ids_get_no_instruction_put_in_front(
+    proxy: Service, bge_reference: TorchReference, reference: TorchReference
+) -> None:
     """--token-ids model embeds ids as given: asking for a non-empty instruction with ids is a 400, not a
     vector without it."""
     ids = bge_reference.tokenizer("如何部署", add_special_tokens=False)["input_ids"]
@@ -281,10 +285,11 @@ def test_token_ids_get_no_instruction_put_in_front(proxy: Service, bge_reference
         response = httpx.post(f"{proxy.url}/v1/embeddings", json=body, timeout=10)
         assert response.status_code == 400, response.text
         assert response.json()["error"]["code"] == "instruction_with_token_ids"
-    # bge's passage instruction is empty: nothing to put in front, the ids embed like their text
-    body = {"model": f"{BGE}-passage", "input": ids, "encoding_format": "float"}
+    # MiniLM's instructions are empty: nothing to put in front, the ids embed like their text
+    ids = reference.tokenizer("how to deploy", add_special_tokens=False)["input_ids"]
+    body = {"model": f"{MINILM}-query", "input": ids, "encoding_format": "float"}
     got = np.array(httpx.post(f"{proxy.url}/v1/embeddings", json=body, timeout=10).json()["data"][0]["embedding"])
-    assert cosine_rows(got[None], bge_reference.embed(["如何部署"])).min() >= 0.9999
+    assert cosine_rows(got[None], reference.embed(["how to deploy"])).min() >= 0.9999
 
 
 # -- error codes -------------------------------------------------------------------------------------------------
