@@ -221,3 +221,17 @@ def test_bench_model_goes_through_the_same_export(tmp_path: Path) -> None:
     ref_a = TorchReference(ckpt, facts).embed(["向量"])
     ref_b = TorchReference(again, facts).embed(["向量"])
     np.testing.assert_allclose(ref_a, ref_b, atol=1e-6)
+
+
+def test_score_bands_are_measured_at_export(exported: ExportResult) -> None:
+    """MiniLM's cosines on ~100 English STS-B pairs rise with the human score (export/score_bands.py); the web page
+    reads its score words and near-duplicate threshold from these bands."""
+    bands = exported.facts.score_bands_dict()
+    assert bands is not None and bands["input_type"] == "passage" and set(bands["languages"]) == {"zh", "en"}
+    en = bands["languages"]["en"]
+    assert en["source"] == "en-stsbenchmark.tsv.gz" and en["pairs"] == 102 and en["ordered"]
+    medians = {b["label"]: b["median"] for b in en["bands"]}
+    assert medians["unrelated"] < 0.5 < medians["related"] < medians["paraphrase"], medians
+    assert medians["unrelated"] < en["thresholds"]["related"] < medians["related"]
+    assert medians["related"] < en["thresholds"]["paraphrase"] < medians["paraphrase"]
+    assert read_facts(exported.ensemble_dir).score_bands_dict() == bands
