@@ -1,0 +1,25 @@
+"""bench/trace.py: Triton's trace of single-text requests split into steps and phases (issue 19's breakdown)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bge_triton.bench.trace import format_table, run_trace
+
+MODEL = "all-MiniLM-L6-v2"
+
+
+def test_trace_splits_a_request_into_its_steps(repository: Path) -> None:
+    report = run_trace(repository, MODEL, requests=6, warmup=2, text="how do I deploy an embedding model?")
+    rows = report.rows
+    assert {"tokenizer", "encoder", "pooling", "ensemble total", "client round trip"} <= set(rows)
+    for step in ("tokenizer", "encoder", "pooling"):
+        assert set(rows[step]) == {"queue", "input", "execute", "output", "total"}
+        assert all(value >= 0 for value in rows[step].values()), rows[step]
+        parts = sum(rows[step][p] for p in ("queue", "input", "execute", "output"))
+        assert parts <= rows[step]["total"] + 0.05, rows[step]  # the phases lie inside the step
+        assert rows[step]["total"] < rows["ensemble total"]["total"]
+    assert rows["encoder"]["execute"] > 0
+    assert rows["client round trip"]["total"] >= rows["ensemble total"]["total"]
+    table = format_table(report)
+    assert "6 single-text requests" in table and "encoder" in table
