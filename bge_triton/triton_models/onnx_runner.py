@@ -23,9 +23,9 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 SEQUENCE_AXIS_NAME = "sequence"
 LENGTH_INPUT = "attention_mask"  # a row's real length: its last non-zero position in this input, plus one
@@ -78,13 +78,20 @@ class PaddedOnnxRunner:
         threads: int = 0,
         pad_values: dict[str, float] | None = None,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        session: Any = None,
     ):
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads > 0:
-            options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        """`session`: anything with onnxruntime's `get_inputs()`, `get_outputs()` and `run(names, feeds)` (the
+        torch engine's `TorchEncoderSession`); None: an onnxruntime session on `onnx_path`."""
+        if session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if threads > 0:
+                options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = session
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._seq_inputs = {i.name for i in self.session.get_inputs() if _has_sequence_axis(i.shape)}

@@ -1,0 +1,116 @@
+"""Triton Python-backend model: the encoder as a `transformers` model in PyTorch (`bge-triton export --engine torch`).
+
+FP16 on CUDA with scaled-dot-product attention (`device: cuda`, instance group KIND_GPU: each instance runs on the
+GPU Triton gives it), FP32 on the CPU. The batching is the onnxruntime runner's (`onnx_runner.py`, copied beside
+this file): ragged requests split into rows, length-sorted sub-batches under the token budget, outputs scattered
+back at each request's own width. `TorchEncoderSession` is what that runner needs of an onnxruntime session.
+
+Parameters: `checkpoint_dir` (the Hugging Face checkpoint copied into the version folder), `device` (cpu | cuda),
+`dtype` (fp32 | fp16), `input_names` (JSON list), `max_batch_tokens`, `pad_values` (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    from bge_triton.triton_models.onnx_runner import DEFAULT_MAX_BATCH_TOKENS, SEQUENCE_AXIS_NAME, PaddedOnnxRunner
+except ImportError:  # copied into a model folder where the package is not installed (the NGC image)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # export copies onnx_runner.py beside this file
+    from onnx_runner import DEFAULT_MAX_BATCH_TOKENS, SEQUENCE_AXIS_NAME, PaddedOnnxRunner
+
+OUTPUT_NAME = "last_hidden_state"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A named tensor as onnxruntime's session describes it (the runner reads `.name` and `.shape`)."""
+
+    name: str
+    shape: list[Any] = field(default_factory=lambda: ["batch", SEQUENCE_AXIS_NAME])
+
+
+class TorchEncoderSession:
+    """A transformers encoder behind onnxruntime's session interface: `run(names, feeds) -> [last_hidden_state]`."""
+
+    def __init__(self, checkpoint_dir: str | Path, input_names: list[str], *, device: str = "cpu", dtype: str = "fp32"):
+        import torch
+        from transformers import AutoModel
+
+        self._torch = torch
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if dtype == "fp16" else torch.float32
+        model = AutoModel.from_pretrained(str(checkpoint_dir), torch_dtype=self.dtype, attn_implementation="sdpa")
+        self.model = model.to(self.device).eval()
+        self._inputs = [TensorInfo(name) for name in input_names]
+        self._outputs = [TensorInfo(OUTPUT_NAME, ["batch", SEQUENCE_AXIS_NAME, "hidden"])]
+
+    def get_inputs(self) -> list[TensorInfo]:
+        return self._inputs
+
+    def get_outputs(self) -> list[TensorInfo]:
+        return self._outputs
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            tensors = {name: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for name, v in feeds.items()}
+            hidden = self.model(**tensors).last_hidden_state
+            return [hidden.float().cpu().numpy()]
+
+
+def torch_runner(
+    checkpoint_dir: str | Path,
+    input_names: list[str],
+    *,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    pad_values: dict[str, float] | None = None,
+) -> PaddedOnnxRunner:
+    session = TorchEncoderSession(checkpoint_dir, input_names, device=device, dtype=dtype)
+    return PaddedOnnxRunner(None, session=session, pad_values=pad_values, max_batch_tokens=max_batch_tokens)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        import triton_python_backend_utils as pb_utils  # only inside Triton
+
+        self._pb = pb_utils
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        device = params.get("device", "cpu")
+        if device == "cuda":  # the GPU of this instance (instance group KIND_GPU)
+            device = f"cuda:{args.get('model_instance_device_id', '0')}"
+        budget = os.environ.get("BGE_TRITON_MAX_BATCH_TOKENS") or params.get("max_batch_tokens")
+        self._runner = torch_runner(
+            version_dir / params.get("checkpoint_dir", "checkpoint"),
+            json.loads(params["input_names"]),
+            device=device,
+            dtype=params.get("dtype", "fp32"),
+            max_batch_tokens=int(budget) if budget else DEFAULT_MAX_BATCH_TOKENS,
+            pad_values={k: float(v) for k, v in json.loads(params.get("pad_values", "{}")).items()},
+        )
+
+    def execute(self, requests: list) -> list:
+        pb = self._pb
+        names = self._runner.input_names
+        feeds = [{n: pb.get_input_tensor_by_name(request, n).as_numpy() for n in names} for request in requests]
+        try:
+            answers = self._runner.run(feeds)
+        except Exception as exc:  # answer the batch with the error rather than crash the stub
+            return [pb.InferenceResponse(error=pb.TritonError(f"torch encoder failed: {exc}")) for _ in requests]
+        return [
+            pb.InferenceResponse(
+                output_tensors=[pb.Tensor(OUTPUT_NAME, np.ascontiguousarray(answer[OUTPUT_NAME], dtype=np.float32))]
+            )
+            for answer in answers
+        ]
