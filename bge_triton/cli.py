@@ -49,20 +49,35 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-queue-delay-us", type=int, default=2000, help="microseconds Triton waits to fill a dynamic batch"
     )
-    p.add_argument("--encoder-instances", type=int, default=1, help="encoder model instances (parallel batches)")
+    p.add_argument(
+        "--encoder-instances",
+        type=int,
+        default=None,
+        help="encoder model instances (parallel batches; default: 1 local, 2 container-gpu)",
+    )
     p.add_argument("--pad-to-multiple-of", type=int, default=8, help="pad each batch's length to a multiple of this")
+    p.add_argument(
+        "--pad-buckets",
+        default=None,
+        help="pad each request to the next of these widths, e.g. 16,32,64,128,256,512, so requests of similar "
+        "lengths have one shape and batch on the onnxruntime backend; 'none' for --pad-to-multiple-of (default: "
+        "container-gpu 16, 32, ... doubling up to the window; local none)",
+    )
     p.add_argument(
         "--max-batch-tokens",
         type=int,
-        default=16384,
-        help="local target: the encoder runs a dynamic batch as length-sorted sub-batches of at most this many "
-        "(padded) tokens, so one long text does not pad every short one to its length (like TEI's "
-        "--max-batch-tokens; $BGE_TRITON_MAX_BATCH_TOKENS overrides it at run time)",
+        default=None,
+        help="rows x padded tokens per encoder run. local: a dynamic batch runs as length-sorted sub-batches under "
+        "it, so one long text does not pad every short one (TEI's --max-batch-tokens; $BGE_TRITON_MAX_BATCH_TOKENS "
+        "overrides it at run time); container-gpu: caps --max-batch-size at this // the window (default: 16384 "
+        "local, 65536 container-gpu)",
     )
     p.add_argument(
         "--tensorrt",
         action="store_true",
-        help="container-gpu: TensorRT execution accelerator in Triton's onnxruntime backend (FP16)",
+        help="container-gpu: TensorRT execution accelerator in Triton's onnxruntime backend (FP16) with shape "
+        "profiles from the pad buckets, warm-up before READY and the engine cache in /trt-cache; exports the "
+        "unoptimised graph (TensorRT cannot take onnxruntime's fused com.microsoft ops)",
     )
     p.add_argument("--max-queue-size", type=int, default=512, help="Triton rejects requests past this queue length")
     p.add_argument("--queue-timeout-ms", type=int, default=30_000, help="Triton rejects requests queued longer")
@@ -72,6 +87,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from bge_triton.export.checkpoint import CheckpointError
     from bge_triton.export.exporter import ParityError, export_model
+    from bge_triton.export.gpu_target import ExportOptionsError
     from bge_triton.export.repository import BatchingOptions
 
     opts = BatchingOptions(
@@ -79,6 +95,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         max_queue_delay_us=args.max_queue_delay_us,
         encoder_instances=args.encoder_instances,
         pad_to_multiple_of=args.pad_to_multiple_of,
+        pad_buckets=_pad_buckets(args.pad_buckets),
         max_batch_tokens=args.max_batch_tokens,
         max_queue_size=args.max_queue_size,
         queue_timeout_us=args.queue_timeout_ms * 1000,
@@ -92,9 +109,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
             precision=args.precision,
             target=args.target,
             opts=opts,
-            optimize=args.optimize,
+            optimize=args.optimize and not args.tensorrt,
         )
-    except (CheckpointError, ParityError) as exc:
+    except (CheckpointError, ParityError, ExportOptionsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(
@@ -102,6 +119,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"(parity min cosine {result.parity.min_cosine:.6f})"
     )
     return 0
+
+
+def _pad_buckets(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return ()
+    return tuple(int(b) for b in text.split(",") if b.strip())
 
 
 def _add_proxy_args(p: argparse.ArgumentParser, *, port_flag: str) -> None:

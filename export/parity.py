@@ -123,11 +123,21 @@ class OnnxPipeline:
     """The exported pipeline run in-process with the same code the Triton models run."""
 
     def __init__(
-        self, tokenizer_json: Path, encoder_onnx: Path, pooling_onnx: Path, facts: ModelFacts, *, threads: int = 0
+        self,
+        tokenizer_json: Path,
+        encoder_onnx: Path | None,
+        pooling_onnx: Path,
+        facts: ModelFacts,
+        *,
+        threads: int = 0,
+        encoder: PaddedOnnxRunner | None = None,
     ):
+        """`encoder`: another engine's runner (the torch engine's) instead of onnxruntime on `encoder_onnx`."""
         self.facts = facts
         self.tokenizer = TextTokenizer(tokenizer_json, facts.max_tokens, facts.pad_token_id)
-        self.encoder = PaddedOnnxRunner(encoder_onnx, threads=threads, pad_values={"input_ids": facts.pad_token_id})
+        self.encoder = encoder or PaddedOnnxRunner(
+            encoder_onnx, threads=threads, pad_values={"input_ids": facts.pad_token_id}
+        )
         self.pooling = PaddedOnnxRunner(pooling_onnx, threads=threads)
 
     def hidden_states(self, texts: list[str]) -> tuple[TokenizedBatch, np.ndarray]:
