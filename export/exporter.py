@@ -16,6 +16,7 @@ from bge_triton.evaluation.datasets import DatasetError
 from bge_triton.model_facts import ModelFacts
 
 from .checkpoint import default_name, resolve_checkpoint
+from .gpu_target import check_export_options
 from .m3_heads import export_m3_heads, load_m3_heads, unused_token_ids
 from .onnx_export import (
     EXTERNAL_DATA_THRESHOLD_BYTES,
@@ -94,6 +95,7 @@ def export_model(
     parity check covers the heads' outputs against FlagEmbedding's maths."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
+    check_export_options(precision, target, opts is not None and opts.tensorrt)  # before minutes of work
     started = time.perf_counter()
     checkpoint = resolve_checkpoint(model)
     facts = ModelFacts.from_checkpoint(checkpoint, name=name or default_name(model), source=model, precision=precision)

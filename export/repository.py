@@ -38,8 +38,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from bge_triton import triton_models
 from bge_triton.model_facts import FACTS_FILE, ModelFacts
 from bge_triton.model_names import m3_model_names, model_names
-from bge_triton.triton_models.onnx_runner import DEFAULT_MAX_BATCH_TOKENS
 
+from .gpu_target import add_tensorrt, check_export_options, resolve_options
 from .onnx_export import external_data_file, external_data_locations
 
 Target = Literal["local", "container-gpu"]
@@ -60,8 +60,11 @@ class BatchingOptions:
     max_batch_size: int = 64
     preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
     max_queue_delay_us: int = 2000
-    encoder_instances: int = 1
+    encoder_instances: int | None = None  # None: 1 on the local target, 2 on container-gpu
     pad_to_multiple_of: int = 8
+    # Fixed padding widths: None = the target's default (container-gpu: 16, 32, ... the window; local: none, pad
+    # to a multiple of pad_to_multiple_of, since the local runner merges ragged requests). See gpu_target.py.
+    pad_buckets: tuple[int, ...] | None = None
     # Backstop for direct Triton callers: requests past this queue length, or waiting longer than
     # this, are rejected ("Exceeds maximum queue size" / "Request timeout expired"), never queued forever.
     max_queue_size: int = 512
@@ -70,9 +73,10 @@ class BatchingOptions:
     # (TensorRT execution accelerator; engines are built on the GPU host at load time).
     tensorrt: bool = False
     tensorrt_fp16: bool = True
-    # local target: rows x padded length per onnxruntime call (TEI's --max-batch-tokens); the runner sorts a
-    # dynamic batch's rows by length and runs sub-batches under it, so short texts are not padded to a long one.
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    # rows x padded length per onnxruntime call (TEI's --max-batch-tokens); None: 16384 local, 65536 GPU. The
+    # local runner sorts a dynamic batch's rows by length and runs sub-batches under it, so short texts are not
+    # padded to a long one; on container-gpu it caps max_batch_size at budget // window (gpu_target.py).
+    max_batch_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,7 @@ def tokenizer_config(facts: ModelFacts, opts: BatchingOptions) -> mc.ModelConfig
             "max_tokens": str(facts.max_tokens),
             "pad_token_id": str(facts.pad_token_id),
             "pad_to_multiple_of": str(opts.pad_to_multiple_of),
+            "pad_buckets": ",".join(str(b) for b in opts.pad_buckets or ()),
         },
     )
     return config
@@ -164,6 +169,7 @@ def _onnx_model_config(
     outputs: list[tuple[str, str, list[int]]],
     pad_values: dict[str, int],
     instances: int,
+    tensorrt: bool = False,
 ) -> mc.ModelConfig:
     local = target == "local"
     config = mc.ModelConfig(name=name)
@@ -178,12 +184,8 @@ def _onnx_model_config(
     _dynamic_batching(config, opts)
     kind = mc.ModelInstanceGroup.KIND_CPU if local else mc.ModelInstanceGroup.KIND_GPU
     config.instance_group.append(mc.ModelInstanceGroup(count=instances, kind=kind))
-    if not local and opts.tensorrt:
-        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
-        accelerator.parameters["precision_mode"] = "FP16" if opts.tensorrt_fp16 else "FP32"
-        accelerator.parameters["max_workspace_size_bytes"] = str(4 << 30)
-        accelerator.parameters["trt_engine_cache_enable"] = "true"
-        accelerator.parameters["trt_engine_cache_path"] = "/tmp/trt-cache"
+    if not local and tensorrt:
+        add_tensorrt(config, opts, [n for n, _, _ in inputs])
     if local:
         _set_params(
             config,
@@ -205,7 +207,8 @@ def encoder_config(facts: ModelFacts, target: Target, opts: BatchingOptions, inp
         inputs=[(n, "int64", [-1]) for n in input_names],
         outputs=[("last_hidden_state", "fp32", [-1, facts.dim])],
         pad_values={"input_ids": facts.pad_token_id},
-        instances=opts.encoder_instances,
+        instances=opts.encoder_instances or 1,
+        tensorrt=opts.tensorrt,  # the encoder only: the pooling and head graphs are too small to gain from it
     )
 
 
@@ -426,9 +429,8 @@ def write_repository(
     when `facts.m3_heads`); returns the text ensemble's folder."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r} (local, container-gpu)")
-    opts = opts or BatchingOptions()
-    if opts.tensorrt and target == "local":
-        raise ValueError("TensorRT needs the container-gpu target (Triton's onnxruntime backend on a GPU)")
+    opts = resolve_options(opts or BatchingOptions(), target, facts.max_tokens)
+    check_export_options(facts.precision, target, opts.tensorrt)
     if facts.m3_heads and m3_heads is None:
         raise ValueError(f"{facts.name} is a bge-m3 checkpoint (m3_heads): pass the exported heads (m3_heads=...)")
     repository = Path(repository)

@@ -8,7 +8,8 @@ Inputs  (exactly one per request; the `<name>` ensemble sends TEXT, `<name>-ids`
         TEXT             BYTES  [batch, 1]   UTF-8 text
         TOKEN_IDS        INT64  [batch, n]   the text's token ids, right-padded with -1; the model's
                                              special tokens are added unless already there
-Outputs INPUT_IDS        INT64  [batch, seq] padded to the request's longest input, rounded up
+Outputs INPUT_IDS        INT64  [batch, seq] padded to the request's longest input, rounded up (to a multiple
+                                             of `pad_to_multiple_of`, or to the next of `pad_buckets`)
         ATTENTION_MASK   INT64  [batch, seq]
         TOKEN_TYPE_IDS   INT64  [batch, seq]
         TOKEN_COUNT      INT64  [batch, 1]   tokens the encoder sees (after truncation)
@@ -33,6 +34,11 @@ ID_PADDING = -1  # right padding of TOKEN_IDS rows (never a valid id)
 # A text longer than this many characters per token of the window is tokenized from a clipped prefix (see
 # `TextTokenizer._clipped_rows`), so a 5 MB string costs what a window-sized text costs.
 CLIP_CHARS_PER_TOKEN = 16
+# With pad buckets, consecutive requests of one execution share the widest bucket of their run when that pads no
+# request to more than SHARE_RATIO times its own bucket, or the run is at most SHARE_WIDTH wide: they then reach
+# the encoder as consecutive requests of one shape, which the dynamic batcher merges (see `shared_widths`).
+SHARE_RATIO = 2
+SHARE_WIDTH = 64
 
 
 @dataclass
@@ -54,7 +60,14 @@ class _Row:
 class TextTokenizer:
     """A `tokenizers` fast tokenizer with truncation to the model's window and no fixed padding."""
 
-    def __init__(self, tokenizer_json: str | Path, max_tokens: int, pad_token_id: int, pad_to_multiple_of: int = 8):
+    def __init__(
+        self,
+        tokenizer_json: str | Path,
+        max_tokens: int,
+        pad_token_id: int,
+        pad_to_multiple_of: int = 8,
+        pad_buckets: tuple[int, ...] = (),
+    ):
         # Two instances of the same tokenizer: one counts the whole text, one truncates it. A
         # packaged tokenizer.json may carry fixed padding/truncation: both are reset here.
         self._full = Tokenizer.from_file(str(tokenizer_json))
@@ -66,6 +79,9 @@ class TextTokenizer:
         self.max_tokens = max_tokens
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = max(1, pad_to_multiple_of)
+        # Fixed widths (16, 32, ... up to the window): requests of similar lengths get the same shape, which is
+        # what Triton's dynamic batcher needs to merge them for the onnxruntime backend (no ragged batching).
+        self.pad_buckets = tuple(sorted(b for b in pad_buckets if b > 0))
         self.vocab_size = self._full.get_vocab_size(with_added_tokens=True)
         self.clip_chars = max_tokens * CLIP_CHARS_PER_TOKEN
         self.prefix, self.suffix = self._special_tokens()
@@ -83,7 +99,8 @@ class TextTokenizer:
         return self.encode_groups([texts])[0]
 
     def encode_groups(self, groups: list[list[str]]) -> list[TokenizedBatch]:
-        """Tokenize several requests' texts in one parallel call; pad each group on its own."""
+        """Tokenize several requests' texts in one parallel call; pad each group on its own (with pad buckets,
+        to the width `shared_widths` gives it)."""
         flat = [t for group in groups for t in group]
         clipped = self._clipped_rows(flat)
         rest = [i for i in range(len(flat)) if i not in clipped]
@@ -98,12 +115,36 @@ class TextTokenizer:
             truncated = self._truncating.encode_batch([flat[i] for i in too_long])
             for i, enc in zip(too_long, truncated, strict=True):
                 rows[i] = _Row(enc.ids, enc.type_ids, rows[i].full_count)
-        out: list[TokenizedBatch] = []
+        per_group: list[list[_Row]] = []
         start = 0
         for group in groups:
-            out.append(self._pad(rows[start : start + len(group)]))
+            per_group.append(rows[start : start + len(group)])
             start += len(group)
-        return out
+        longest = [max((len(row.ids) for row in group), default=1) for group in per_group]
+        return [self._pad(group, width) for group, width in zip(per_group, self.shared_widths(longest), strict=True)]
+
+    def shared_widths(self, longest: list[int]) -> list[int]:
+        """Each request's padded width, given its longest row, in request order.
+
+        Without buckets every request keeps its own width. With buckets, runs of consecutive requests share the
+        widest bucket of the run while no member's own bucket is under 1/SHARE_RATIO of it (or the run stays within
+        SHARE_WIDTH): Triton's dynamic batcher merges only consecutive requests of one shape when inputs are not
+        ragged (the onnxruntime backend), and the ensemble hands this execution's answers to the encoder in order.
+        """
+        own = [self.padded_width(n) for n in longest]
+        if not self.pad_buckets:
+            return own
+        widths: list[int] = []
+        run_start = 0
+        for i, width in enumerate(own):
+            run = own[run_start:i]
+            if run:
+                wider, narrower = max(*run, width), min(*run, width)
+                if wider > SHARE_WIDTH and wider > SHARE_RATIO * narrower:
+                    widths += [max(run)] * len(run)
+                    run_start = i
+        widths += [max(own[run_start:])] * (len(own) - run_start) if own else []
+        return widths
 
     def _clipped_rows(self, texts: list[str]) -> dict[int, _Row]:
         """Truncated rows of the texts over `clip_chars` characters, tokenized from prefixes instead of whole.
@@ -156,11 +197,10 @@ class TextTokenizer:
         merged = pre + body + suf
         return _Row(merged, [0] * len(merged), full_count)
 
-    def _pad(self, rows: list[_Row]) -> TokenizedBatch:
+    def _pad(self, rows: list[_Row], width: int | None = None) -> TokenizedBatch:
         counts = np.array([len(row.ids) for row in rows], dtype=np.int64)
         longest = int(counts.max()) if len(counts) else 1
-        width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        width = min(max(width, 1), max(self.max_tokens, longest))
+        width = max(width or 0, self.padded_width(longest))
         ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
         types = np.zeros((len(rows), width), dtype=np.int64)
@@ -171,6 +211,14 @@ class TextTokenizer:
             types[r, :n] = row.type_ids
         full = np.array([row.full_count for row in rows], dtype=np.int64)
         return TokenizedBatch(ids, mask, types, counts, full)
+
+    def padded_width(self, longest: int) -> int:
+        """The width a request whose longest row has `longest` tokens is padded to."""
+        bucket = next((b for b in self.pad_buckets if b >= longest), None)
+        if bucket is not None:
+            return bucket
+        width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return min(max(width, 1), max(self.max_tokens, longest))
 
 
 def decode_texts(raw: np.ndarray) -> list[str]:
@@ -209,6 +257,7 @@ class TritonPythonModel:
             max_tokens=int(params["max_tokens"]),
             pad_token_id=int(params.get("pad_token_id", "0")),
             pad_to_multiple_of=int(params.get("pad_to_multiple_of", "8")),
+            pad_buckets=tuple(int(b) for b in params.get("pad_buckets", "").split(",") if b.strip()),
         )
 
     def execute(self, requests: list) -> list:
