@@ -39,7 +39,8 @@ from bge_triton import triton_models
 from bge_triton.model_facts import FACTS_FILE, ModelFacts
 from bge_triton.model_names import m3_model_names, model_names
 
-from .gpu_target import add_tensorrt, check_export_options, resolve_options
+from . import torch_engine
+from .gpu_target import ExportOptionsError, add_tensorrt, check_export_options, resolve_options
 from .onnx_export import external_data_file, external_data_locations
 
 Target = Literal["local", "container-gpu"]
@@ -53,6 +54,15 @@ TYPE = {
     "fp32": mc.TYPE_FP32,
     "bool": mc.TYPE_BOOL,
 }
+
+
+@dataclass(frozen=True)
+class TorchEncoder:
+    """The torch engine's encoder step: the checkpoint whose weights it runs, on which device, in which dtype."""
+
+    checkpoint: Path
+    device: torch_engine.Device = "cpu"
+    dtype: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -384,6 +394,7 @@ def _write_model(
     version.mkdir(parents=True)
     (folder / "config.pbtxt").write_text(config_text(config), encoding="utf-8")
     for dest, src in files.items():
+        (version / dest).parent.mkdir(parents=True, exist_ok=True)  # e.g. the torch engine's checkpoint/
         if dest.endswith(".onnx"):
             copy_onnx(Path(src), version / dest)
         else:
@@ -417,16 +428,18 @@ def write_repository(
     facts: ModelFacts,
     *,
     tokenizer_json: Path,
-    encoder_onnx: Path,
+    encoder_onnx: Path | None,
     pooling_onnx: Path,
     input_names: list[str],
     target: Target = "local",
     opts: BatchingOptions | None = None,
     parity_json: str | None = None,
     m3_heads: M3HeadFiles | None = None,
+    torch_encoder: TorchEncoder | None = None,
 ) -> Path:
     """Write (or replace) the model's six folders in `repository` (thirteen for bge-m3: `m3_heads`, required
-    when `facts.m3_heads`); returns the text ensemble's folder."""
+    when `facts.m3_heads`); returns the text ensemble's folder. `torch_encoder`: the torch engine's encoder step
+    (`export/torch_engine.py`) instead of `encoder_onnx`."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r} (local, container-gpu)")
     opts = resolve_options(opts or BatchingOptions(), target, facts.max_tokens)
@@ -439,6 +452,7 @@ def write_repository(
     folders = list(names.values())
     local = target == "local"
     runner = {"model.py": SOURCES_DIR / "onnx_runner.py"} if local else {}
+    _refuse_mixed_targets(repository, target, set(folders) | set(m3_model_names(facts.name).values()))
     _remove_stale_staging(repository)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=staging_parent(repository)))
     try:
@@ -456,12 +470,15 @@ def write_repository(
                 "tokenizer.json": tokenizer_json,
             },
         )
-        _write_model(
-            staging,
-            encoder_config(facts, target, opts, input_names),
-            {"model.onnx": encoder_onnx, **runner},
-            extra={"parity.json": parity_json} if parity_json else None,
-        )
+        encoder = encoder_config(facts, target, opts, input_names)
+        if torch_encoder is None:
+            encoder_files = {"model.onnx": encoder_onnx, **runner}
+        else:
+            encoder = torch_engine.configure_encoder(
+                encoder, facts, input_names, torch_encoder.device, torch_encoder.dtype, opts.encoder_instances or 1
+            )
+            encoder_files = torch_engine.encoder_files(torch_encoder.checkpoint, SOURCES_DIR)
+        _write_model(staging, encoder, encoder_files, extra={"parity.json": parity_json} if parity_json else None)
         _write_model(staging, pooling_config(facts, target, opts), {"model.onnx": pooling_onnx, **runner})
         _write_model(staging, ensemble_config(facts, opts, input_names), {}, extra={FACTS_FILE: facts.to_json()})
         _write_model(staging, ensemble_config(facts, opts, input_names, ids=True), {})
@@ -502,6 +519,36 @@ def move_folder(source: Path, dest: Path) -> None:
         shutil.copytree(source, partial)
         partial.rename(dest)  # same folder: atomic
         shutil.rmtree(source, ignore_errors=True)
+
+
+def repository_targets(repository: Path, skip: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
+    """The target each ONNX model already in `repository` was written for (folder -> local | container-gpu)."""
+    found: dict[str, str] = {}
+    for path in sorted(Path(repository).glob("*/config.pbtxt")):
+        if path.parent.name in skip:
+            continue
+        try:
+            config = parse_config(path.read_text(encoding="utf-8"))
+        except (OSError, text_format.ParseError):
+            continue
+        if config.platform == "onnxruntime_onnx":
+            found[path.parent.name] = "container-gpu"
+        elif config.backend == "python" and "onnx_file" in config.parameters:
+            found[path.parent.name] = "local"
+    return found
+
+
+def _refuse_mixed_targets(repository: Path, target: Target, own: set[str]) -> None:
+    """One repository, one target: the NGC image's Python backend has no onnxruntime (a local-target model makes
+    tritonserver exit there), and the pytriton tritonserver has no onnxruntime backend."""
+    other = {folder: found for folder, found in repository_targets(repository, own).items() if found != target}
+    if other:
+        folder, found = next(iter(sorted(other.items())))
+        raise ExportOptionsError(
+            f"{repository} already holds {folder} for --target {found}; a repository serves one target (the NGC "
+            f"image cannot load local-target models, the local tritonserver cannot load container-gpu ones): "
+            f"export --target {target} into another --repository"
+        )
 
 
 def _remove_stale_staging(repository: Path) -> None:

@@ -3,6 +3,7 @@ the option combinations export refuses (issue 16 §5, §6 and the int8 risk)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,17 @@ def test_tensorrt_export_uses_the_plain_graph(monkeypatch: pytest.MonkeyPatch, t
         cli.main(["export", "--model", "m", "--repository", str(tmp_path), "--target", "container-gpu", "--tensorrt"])
     assert seen["optimize"] is False
     assert seen["opts"].tensorrt is True  # type: ignore[attr-defined]
+
+
+def test_one_repository_one_target(tmp_path: Path) -> None:
+    """A local-target model in the folder compose mounts made the NGC tritonserver exit (its Python backend has
+    no onnxruntime): export refuses to mix targets, and re-exporting one model for the other target is allowed."""
+    repository = _write(tmp_path, _facts(512, "a"), "local", BatchingOptions())
+    with pytest.raises(ExportOptionsError, match="already holds a-encoder for --target local"):
+        _write(tmp_path, _facts(512, "b"), "container-gpu", BatchingOptions())
+    assert sorted(p.name for p in repository.iterdir() if p.name.startswith("b")) == []
+    _write(tmp_path, _facts(512, "b"), "local", BatchingOptions())  # same target: fine
+    for folder in repository.glob("b*"):  # with b gone, a may be re-exported for the other target
+        shutil.rmtree(folder)
+    _write(tmp_path, _facts(512, "a"), "container-gpu", BatchingOptions())
+    assert _parse(repository / "a-encoder/config.pbtxt").platform == "onnxruntime_onnx"
