@@ -91,7 +91,7 @@ http {
 
     # Triton gRPC (tritonclient.grpc, perf_analyzer -i grpc): cleartext HTTP/2.
     server {
-        listen @listen_grpc http2;
+        @listen_grpc_http2
 
         location / {
             grpc_pass grpc://triton_grpc;
@@ -138,6 +138,9 @@ class NginxLayout:
     resolver: str | None = None
     # A writable folder for pid, temp files and logs (a non-root, container-free run); None keeps nginx's own.
     state_dir: Path | None = None
+    # nginx >= 1.25.1: `http2 on;` (`listen ... http2` is deprecated there); older nginx (Debian 12: 1.22) needs
+    # the `listen` parameter. The compose image is nginx 1.28.
+    http2_directive: bool = False
     max_fails: int = 1
     fail_timeout_s: int = 5
     args: list[str] = field(default_factory=list)  # the command line, recorded in the header
@@ -180,7 +183,11 @@ def render_nginx_config(layout: NginxLayout) -> str:
         triton_grpc=_servers(layout.triton_grpc, layout),
         triton_http=_servers(layout.triton_http, layout),
         listen_proxy=layout.listen_proxy,
-        listen_grpc=layout.listen_grpc,
+        listen_grpc_http2=(
+            f"listen {layout.listen_grpc};\n        http2 on;"
+            if layout.http2_directive
+            else f"listen {layout.listen_grpc} http2;"
+        ),
         listen_http=layout.listen_http,
         read_timeout=f"{READ_TIMEOUT_S}s",
     )
@@ -193,5 +200,6 @@ def compose_layout() -> NginxLayout:
         triton_grpc=["triton:8001"],
         triton_http=["triton:8000"],
         resolver="127.0.0.11",
+        http2_directive=True,
         args=["--compose"],
     )

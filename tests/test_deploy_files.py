@@ -30,14 +30,21 @@ def test_compose_exports_for_the_gpu_target_and_serves_that_repository() -> None
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     export, triton = compose["services"]["export"], compose["services"]["triton"]
     assert "--target=container-gpu" in export["command"]
-    assert "./model_repository:/models" in export["volumes"]
+    # its own folder, not `bge-triton export`'s default ./model_repository (local target, unloadable in NGC)
+    assert "${BGE_REPOSITORY:-./model_repository-gpu}:/models" in export["volumes"]
     assert triton["depends_on"]["export"]["condition"] == "service_completed_successfully"
     assert "--model-repository=/models" in triton["command"]
-    assert "./model_repository:/models:ro" in triton["volumes"]
-    assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "${BGE_REPOSITORY:-./model_repository-gpu}:/models:ro" in triton["volumes"]
+    assert "trt-cache:/trt-cache" in triton["volumes"] and "trt-cache" in compose["volumes"]
+    # one Triton with every GPU (Triton spreads KIND_GPU instances over them): `count: 1` on a replicated service
+    # gives every replica GPU 0
+    [gpus] = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert gpus["capabilities"] == ["gpu"] and gpus["count"] == "all"
+    assert "replicas" not in triton["deploy"]
+    # Docker's default 10 s is shorter than Triton's exit timeout: in-flight batches would be SIGKILLed
+    assert _seconds(triton["stop_grace_period"]) > int(_flag(triton["command"], "--exit-timeout-secs"))
     assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
     assert "ports" not in triton  # replicas are reached through the balancer only
-    assert triton["deploy"]["replicas"] == "${TRITON_REPLICAS:-2}"
     lb = compose["services"]["lb"]
     assert lb["depends_on"]["triton"]["condition"] == "service_healthy"
     assert "./deploy/nginx/nginx.conf:/etc/nginx/nginx.conf:ro" in lb["volumes"]
@@ -51,6 +58,21 @@ def test_compose_exports_for_the_gpu_target_and_serves_that_repository() -> None
     assert "/ready" in " ".join(proxy["healthcheck"]["test"])
     base = (ROOT / "deploy/triton.Dockerfile").read_text()
     assert "nvcr.io/nvidia/tritonserver:" in base and "tokenizers" in base  # the tokenizer model's import
+
+
+def _seconds(duration: str) -> int:
+    assert duration.endswith("s"), duration
+    return int(duration[:-1])
+
+
+def _flag(command: list[str], name: str) -> str:
+    return next(arg.split("=", 1)[1] for arg in command if arg.startswith(f"{name}="))
+
+
+def test_compose_nginx_uses_the_http2_directive() -> None:
+    """`listen ... http2` is deprecated since nginx 1.25.1; the compose image is 1.28."""
+    conf = (ROOT / "deploy/nginx/nginx.conf").read_text()
+    assert "http2 on;" in conf and " http2;" not in conf.replace("http2 on;", "")
 
 
 def test_ruff_is_clean() -> None:
