@@ -44,6 +44,19 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         default="local",
         help="local: onnxruntime inside the Python backend; container-gpu: onnxruntime_onnx on GPU",
     )
+    p.add_argument(
+        "--engine",
+        choices=("onnxruntime", "torch"),
+        default="onnxruntime",
+        help="the encoder step: an ONNX graph in onnxruntime, or the checkpoint itself in PyTorch (transformers, "
+        "in the Python backend; FP16 + SDPA with --device cuda, FP32 on the CPU)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="with --engine torch: where the encoder runs (cuda: a GPU instance group)",
+    )
     p.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository to write")
     p.add_argument("--max-batch-size", type=int, default=64, help="largest dynamic batch Triton forms")
     p.add_argument(
@@ -89,6 +102,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from bge_triton.export.exporter import ParityError, export_model
     from bge_triton.export.gpu_target import ExportOptionsError
     from bge_triton.export.repository import BatchingOptions
+    from bge_triton.export.torch_engine import EngineOptionsError
 
     opts = BatchingOptions(
         max_batch_size=args.max_batch_size,
@@ -110,8 +124,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
             target=args.target,
             opts=opts,
             optimize=args.optimize and not args.tensorrt,
+            engine=args.engine,
+            device=args.device,
         )
-    except (CheckpointError, ParityError, ExportOptionsError) as exc:
+    except (CheckpointError, ParityError, ExportOptionsError, EngineOptionsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(

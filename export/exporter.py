@@ -14,6 +14,7 @@ import numpy as np
 
 from bge_triton.evaluation.datasets import DatasetError
 from bge_triton.model_facts import ModelFacts
+from bge_triton.triton_models.torch_runner import torch_runner
 
 from .checkpoint import default_name, resolve_checkpoint
 from .gpu_target import check_export_options
@@ -40,8 +41,9 @@ from .parity import (
     compare,
     compare_m3,
 )
-from .repository import BatchingOptions, M3HeadFiles, Target, write_repository
+from .repository import BatchingOptions, M3HeadFiles, Target, TorchEncoder, write_repository
 from .score_bands import measure, to_text
+from .torch_engine import check_engine_options
 
 log = logging.getLogger("bge_triton.export")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
@@ -84,6 +86,8 @@ def export_model(
     opts: BatchingOptions | None = None,
     optimize: bool = True,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD_BYTES,
+    engine: str = "onnxruntime",
+    device: str = "cpu",
 ) -> ExportResult:
     """Export `model` into `repository`; `optimize` runs ONNX Runtime's transformer optimiser (fused
     attention, skip-layernorm, bias-gelu) on the fp32 graph before any precision conversion. When the
@@ -92,13 +96,19 @@ def export_model(
     An encoder whose weights exceed `external_data_threshold` bytes is written as `model.onnx` +
     `model.onnx.data` (bge-m3's fp32 encoder is over protobuf's 2 GiB; 0 forces it for any model).
     A bge-m3 checkpoint (`facts.m3_heads`) also gets its sparse/ColBERT head models and ensembles, and the
-    parity check covers the heads' outputs against FlagEmbedding's maths."""
+    parity check covers the heads' outputs against FlagEmbedding's maths.
+
+    `engine="torch"` keeps the checkpoint itself as the encoder step (`export/torch_engine.py`; `device` cpu or
+    cuda): no encoder graph, the same parity check against the PyTorch FP32 reference."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
     check_export_options(precision, target, opts is not None and opts.tensorrt)  # before minutes of work
     started = time.perf_counter()
     checkpoint = resolve_checkpoint(model)
     facts = ModelFacts.from_checkpoint(checkpoint, name=name or default_name(model), source=model, precision=precision)
+    dtype = check_engine_options(engine, device, precision, target, facts.m3_heads)
+    if engine == "torch":
+        return _export_torch_engine(checkpoint, repository, dataclasses.replace(facts, precision=dtype), device, opts)
     log.info(
         "exporting %s from %s: dim %d, max %d tokens, %s pooling%s, %s%s, target %s%s",
         facts.name, checkpoint, facts.dim, facts.max_tokens, facts.pooling,
@@ -190,17 +200,58 @@ def export_model(
     return ExportResult(facts, ensemble_dir, report, seconds)
 
 
+def _export_torch_engine(
+    checkpoint: Path, repository: Path, facts: ModelFacts, device: str, opts: BatchingOptions | None
+) -> ExportResult:
+    """The torch engine: the pooling graph, parity of the served pipeline (tokenizer -> transformers encoder ->
+    pooling graph) against the PyTorch FP32 reference, score bands, then the repository."""
+    started = time.perf_counter()
+    names = encoder_input_names(facts)
+    with tempfile.TemporaryDirectory(prefix="bge-triton-export-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        tokenizer_json = _tokenizer_json(checkpoint, tmp)
+        pooling = export_pooling(facts, tmp / "pooling.onnx")
+        runner = torch_runner(
+            checkpoint, names, device=device, dtype=facts.precision, pad_values={"input_ids": facts.pad_token_id}
+        )
+        pipeline = OnnxPipeline(tokenizer_json, None, pooling, facts, encoder=runner)
+        log.info(
+            "checking parity of the torch engine (%s, %s) on %d probe texts", device, facts.precision, len(PROBE_TEXTS)
+        )
+        reference = TorchReference(checkpoint, facts).embed(PROBE_TEXTS)
+        report = compare(reference, pipeline.embed(PROBE_TEXTS), facts.precision)
+        log.info(
+            "parity %s: min cosine %.6f, mean %.6f, max abs diff %.3g (threshold %s)", "ok" if report.passed else
+            "FAILED", report.min_cosine, report.mean_cosine, report.max_abs_diff, report.threshold,
+        )  # fmt: skip
+        if not report.passed:
+            raise ParityError(report)
+        facts = dataclasses.replace(facts, score_bands=_bands_text(pipeline.embed, facts))
+        encoder = TorchEncoder(checkpoint, device=device, dtype=facts.precision)  # type: ignore[arg-type]
+        ensemble_dir = write_repository(
+            repository, facts, tokenizer_json=tokenizer_json, encoder_onnx=None, pooling_onnx=pooling,
+            input_names=names, opts=opts, parity_json=report.to_json(), torch_encoder=encoder,
+        )  # fmt: skip
+    seconds = time.perf_counter() - started
+    log.info("wrote %s with the torch engine on %s (%.1f s)", ensemble_dir.parent, device, seconds)
+    return ExportResult(facts, ensemble_dir, report, seconds)
+
+
 def _score_bands(
     tokenizer_json: Path, encoder: Path, pooling: Path, m3_heads: M3HeadFiles | None, facts: ModelFacts
 ) -> str:
     """The exported pipeline's cosines on STS pairs by gold band (export/score_bands.py), as the facts' JSON."""
-    started = time.perf_counter()
     embed: Callable[[list[str]], np.ndarray]
     if m3_heads is not None:
         m3 = M3OnnxPipeline(tokenizer_json, encoder, pooling, m3_heads, facts)
         embed = lambda texts: m3.encode(texts).dense  # noqa: E731
     else:
         embed = OnnxPipeline(tokenizer_json, encoder, pooling, facts).embed
+    return _bands_text(embed, facts)
+
+
+def _bands_text(embed: Callable[[list[str]], np.ndarray], facts: ModelFacts) -> str:
+    started = time.perf_counter()
     try:
         bands = measure(embed, facts.passage_instruction)
     except (OSError, DatasetError) as exc:  # the shipped STS sets are missing: serve without words for scores

@@ -3,11 +3,19 @@ same token-budget runner as onnxruntime, equal to the ONNX encoder and the PyTor
 
 from __future__ import annotations
 
-import numpy as np
+import re
+from pathlib import Path
 
-from bge_triton.export.checkpoint import minilm_dir
-from bge_triton.export.exporter import ExportResult
+import numpy as np
+import pytest
+
+from bge_triton.client import EmbeddingClient
+from bge_triton.export.checkpoint import MINILM_ID, minilm_dir
+from bge_triton.export.exporter import ExportResult, export_model
 from bge_triton.export.onnx_export import encoder_input_names
+from bge_triton.export.parity import TorchReference
+from bge_triton.export.repository import parse_config
+from bge_triton.launcher import TritonOptions, TritonServer, free_port
 from bge_triton.triton_models.onnx_runner import PaddedOnnxRunner
 from bge_triton.triton_models.tokenizer import TextTokenizer
 from bge_triton.triton_models.torch_runner import torch_runner
@@ -37,3 +45,46 @@ def test_torch_runner_equals_the_onnx_encoder(exported: ExportResult) -> None:
         mask = batch.attention_mask.astype(bool)
         diff = np.abs(have["last_hidden_state"][mask] - want["last_hidden_state"][mask]).max()
         assert diff < 1e-3, diff
+
+
+def test_engine_options_are_checked_before_any_work() -> None:
+    from bge_triton.export.torch_engine import EngineOptionsError, check_engine_options
+
+    assert check_engine_options("torch", "cpu", "fp32", "local", m3=False) == "fp32"
+    assert check_engine_options("torch", "cuda", "fp32", "local", m3=False) == "fp16"
+    assert check_engine_options("onnxruntime", "cpu", "int8", "local", m3=False) == "int8"
+    for args, message in (
+        (("onnxruntime", "cuda", "fp32", "local", False), "--device cuda is for --engine torch"),
+        (("torch", "cpu", "fp32", "container-gpu", False), "use --target local"),
+        (("torch", "cpu", "int8", "local", False), "int8 is ONNX-only"),
+        (("torch", "cpu", "fp32", "local", True), "bge-m3"),
+        (("tensorrt", "cpu", "fp32", "local", False), "unknown engine"),
+    ):
+        with pytest.raises(EngineOptionsError, match=re.escape(message)):
+            check_engine_options(*args)
+
+
+def test_torch_engine_serves_the_same_vectors_through_triton(tmp_path: Path, reference: TorchReference) -> None:
+    """`export --engine torch` on the CPU: the encoder folder holds the runner and the checkpoint (no graph), and
+    the ensemble served by a real tritonserver equals the PyTorch reference."""
+    result = export_model(MINILM_ID, tmp_path / "repo", name="minilm-torch", engine="torch")
+    assert result.parity.passed and result.parity.min_cosine >= 0.9999
+    encoder = tmp_path / "repo/minilm-torch-encoder"
+    config = parse_config((encoder / "config.pbtxt").read_text())
+    assert config.backend == "python" and config.parameters["engine"].string_value == "torch"
+    assert config.parameters["device"].string_value == "cpu" and config.parameters["dtype"].string_value == "fp32"
+    assert all(i.allow_ragged_batch for i in config.input) and config.dynamic_batching.max_queue_delay_microseconds >= 0
+    files = {p.relative_to(encoder / "1").as_posix() for p in (encoder / "1").rglob("*") if p.is_file()}
+    assert {"model.py", "onnx_runner.py", "checkpoint/config.json", "checkpoint/model.safetensors"} <= files
+    assert not any(name.endswith(".onnx") for name in files)
+    options = TritonOptions(
+        repository=tmp_path / "repo", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
+    )
+    texts = [*TEXTS, *[f"query {i}: 部署向量模型" for i in range(20)]]
+    with (
+        TritonServer(options, log_file=tmp_path / "tritonserver.log"),
+        EmbeddingClient(options.grpc_url, model="minilm-torch") as client,
+    ):
+        served = client.embed(texts)
+    cos = (served * reference.embed(texts)).sum(axis=1)
+    assert served.shape == (len(texts), 384) and cos.min() >= 0.9999, cos.min()
