@@ -21,6 +21,8 @@ NAMESPACE = "bge-triton"
 # Schemas shipped by kubernetes-validate; a recent release plus the oldest still widely run.
 K8S_VERSIONS = ["1.30.0", "1.33.0"]
 NOT_K8S_RESOURCES = {"kustomization.yaml"}  # kustomize's own file, not an API object: not validated
+OPTIONAL = K8S / "optional"
+CLUSTER_SCOPED = {"Namespace"}
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -29,6 +31,35 @@ def _docs(path: Path) -> list[dict[str, Any]]:
 
 MANIFESTS = sorted(p.name for p in K8S.glob("*.yaml") if p.name not in NOT_K8S_RESOURCES)
 RESOURCES = {(d["kind"], d["metadata"]["name"]): d for name in MANIFESTS for d in _docs(K8S / name)}
+OPTIONAL_HPAS = {d["metadata"]["name"]: d for d in _docs(OPTIONAL / "hpa-custom-metrics.yaml")}
+
+
+def kustomize_build(folder: Path) -> list[dict[str, Any]]:
+    """What `kubectl kustomize` does with this kustomization, offline (no kubectl or kustomize binary in Debian 12
+    or on PyPI that supports `labels:`): every listed resource file must exist, its objects get the `images`
+    rewrites and `labels` pairs, and every namespaced object's namespace must be created by the set itself."""
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    assert set(kustomization) <= {"apiVersion", "kind", "resources", "images", "labels"}, "unsupported field"
+    images = {i["name"]: i for i in kustomization.get("images", [])}
+    pairs = {k: v for entry in kustomization.get("labels", []) for k, v in entry["pairs"].items()}
+    built: list[dict[str, Any]] = []
+    for resource in kustomization["resources"]:
+        path = folder / resource
+        assert path.is_file(), f"kustomization lists {resource}, which does not exist"
+        for doc in _docs(path):
+            doc["metadata"].setdefault("labels", {}).update(pairs)
+            pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+            for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+                name, _, tag = container["image"].partition(":")
+                if name in images:
+                    rewrite = images[name]
+                    container["image"] = f"{rewrite.get('newName', name)}:{rewrite.get('newTag', tag)}"
+            built.append(doc)
+    namespaces = {d["metadata"]["name"] for d in built if d["kind"] == "Namespace"}
+    for doc in built:
+        if doc["kind"] not in CLUSTER_SCOPED:
+            assert doc["metadata"].get("namespace") in namespaces, (doc["kind"], doc["metadata"]["name"])
+    return built
 
 
 def _get(kind: str, name: str) -> dict[str, Any]:
@@ -51,7 +82,37 @@ def test_manifest_validates_strictly(manifest: str, version: str) -> None:
 def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert kustomization["kind"] == "Kustomization"
-    assert sorted(kustomization["resources"]) == MANIFESTS
+    assert sorted(kustomization["resources"]) == MANIFESTS  # optional/ is not part of the default set
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_offline_kustomize_build_of_the_default_set(version: str) -> None:
+    """`kubectl apply -k deploy/k8s` used to fail where no `monitoring` namespace existed (the adapter rules)."""
+    built = kustomize_build(K8S)
+    assert len(built) == len(RESOURCES)
+    assert {d["metadata"].get("namespace", NAMESPACE) for d in built} == {NAMESPACE}
+    for doc in built:
+        kubernetes_validate.validate(doc, version, strict=True)
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "bge-triton"
+    images = {
+        c["image"]
+        for d in built
+        for c in [*d.get("spec", {}).get("template", {}).get("spec", {}).get("initContainers", []),
+                  *d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])]
+    }  # fmt: skip
+    # a registry in front of every image: bare bge-triton/... names would be pulled from Docker Hub, where they
+    # do not exist
+    assert images == {
+        "registry.example.com/bge-triton/tritonserver:24.10",
+        "registry.example.com/bge-triton/proxy:0.1.0",
+        "registry.example.com/bge-triton/tools:0.1.0",
+    }
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_optional_hpas_validate(version: str) -> None:
+    for doc in OPTIONAL_HPAS.values():
+        kubernetes_validate.validate(doc, version, strict=True)
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
@@ -61,12 +122,10 @@ def test_kustomize_builds() -> None:
     assert len([d for d in yaml.safe_load_all(out.stdout) if d]) == len(RESOURCES)
 
 
-def test_everything_is_in_the_namespace_except_the_adapter_rules() -> None:
+def test_everything_is_in_the_namespace() -> None:
     for (kind, name), doc in RESOURCES.items():
         if kind == "Namespace":
             assert name == NAMESPACE
-        elif name.startswith("prometheus-adapter"):
-            assert doc["metadata"]["namespace"] != NAMESPACE  # read by the adapter in its own namespace
         else:
             assert doc["metadata"]["namespace"] == NAMESPACE, (kind, name)
 
@@ -106,6 +165,26 @@ def test_triton_deployment() -> None:
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8002"
     assert pod["terminationGracePeriodSeconds"] > 30  # > --exit-timeout-secs=30
+    # one GPU per pod: a surge pod would wait for the GPU the old pod holds, and the rollout would stall
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    # Triton reads the repository once: its init container waits for the export Job's first config.pbtxt
+    (wait,) = pod["initContainers"]
+    assert "/models/*/config.pbtxt" in " ".join(wait["command"])
+    assert volumes[mounts["trt-cache"]["name"]] and mounts["trt-cache"]["mountPath"] == "/trt-cache"
+
+
+def test_export_job_fills_the_repository() -> None:
+    job = _get("Job", "bge-triton-export")
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == "bge-triton/tools:0.1.0"
+    assert dockerfile_entrypoint(ROOT / "deploy/tools.Dockerfile") == ["bge-triton"]
+    args = build_parser().parse_args(c["args"])
+    assert (args.command, args.target, str(args.repository)) == ("export", "container-gpu", "/models")
+    (mount,) = c["volumeMounts"]
+    assert mount["mountPath"] == "/models" and not mount.get("readOnly")
+    (volume,) = pod["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == "bge-triton-model-repository"
 
 
 def _service_ports(name: str) -> dict[int, Any]:
@@ -161,7 +240,12 @@ def test_proxy_deployment_and_service() -> None:
      ("bge-triton-triton", "nv_inference_queue_duration_us_per_request")],
 )  # fmt: skip
 def test_hpa_scales_on_a_custom_metric_with_cpu_fallback(name: str, custom_metric: str) -> None:
-    hpa = _get("HorizontalPodAutoscaler", name)
+    default = _get("HorizontalPodAutoscaler", name)  # CPU only: without the adapter, a custom metric blocks scale-down
+    assert [m["type"] for m in default["spec"]["metrics"]] == ["Resource"]
+    hpa = OPTIONAL_HPAS[name]
+    assert {k: v for k, v in hpa["spec"].items() if k != "metrics"} == {
+        k: v for k, v in default["spec"].items() if k != "metrics"
+    }
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
     assert ("Deployment", name) in RESOURCES
@@ -177,15 +261,13 @@ def test_hpa_scales_on_a_custom_metric_with_cpu_fallback(name: str, custom_metri
 
 
 def test_adapter_rules_produce_the_hpa_metrics() -> None:
-    (cm,) = [d for (kind, _), d in RESOURCES.items() if kind == "ConfigMap"]
-    rules = yaml.safe_load(cm["data"]["config.yaml"])["rules"]
+    """Helm values of the prometheus-adapter chart (its own ConfigMap is rendered from `rules.custom`)."""
+    values = yaml.safe_load((OPTIONAL / "prometheus-adapter-values.yaml").read_text())
+    assert values["rules"]["default"] is False
+    rules = values["rules"]["custom"]
     by_name = {r["name"]["as"]: r for r in rules}
     hpa_metrics = {
-        m["pods"]["metric"]["name"]
-        for (kind, _), d in RESOURCES.items()
-        if kind == "HorizontalPodAutoscaler"
-        for m in d["spec"]["metrics"]
-        if m["type"] == "Pods"
+        m["pods"]["metric"]["name"] for d in OPTIONAL_HPAS.values() for m in d["spec"]["metrics"] if m["type"] == "Pods"
     }
     assert hpa_metrics == set(by_name)
     for rule in rules:
