@@ -192,7 +192,13 @@ function scoreBands(card, lang) {
 function band(score, card, lang) {
   // [label, css class, note]; no words (label "") for a model without calibration
   const bands = scoreBands(card, lang);
-  if (!bands) return ["", "", "no score bands for this model: read the cosine against other pairs"];
+  if (!bands) {
+    const measured = card && card.score_bands && card.score_bands.languages[lang];
+    const why = measured
+      ? "this model's cosines do not rise with human scores of " + LANGUAGE_NAMES[lang] + " STS pairs"
+      : "no score bands for this model";
+    return ["", "", why + ": no words, compare the cosine with other pairs"];
+  }
   let found = bands.bands[0];
   for (const b of bands.bands) if (b.label in bands.thresholds && score >= bands.thresholds[b.label]) found = b;
   const note =
