@@ -164,7 +164,33 @@ def _add_proxy_args(p: argparse.ArgumentParser, *, port_flag: str) -> None:
     )
     p.add_argument("--max-inputs", type=int, default=2048, help="inputs per /v1/embeddings request")
     p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="largest request body (413 beyond)")
+    p.add_argument(
+        "--max-request-chars",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="characters of all a request's texts together (a token id counts as one); more is answered 413 "
+        "before Triton sees it",
+    )
     p.add_argument("--max-in-flight", type=int, default=64, help="concurrent requests before 429")
+    p.add_argument("--body-timeout", type=float, default=30.0, help="seconds for a request body to arrive (408 after)")
+    p.add_argument(
+        "--ready-check-timeout",
+        type=float,
+        default=1.0,
+        help="seconds /ready waits for Triton's answers before it says 503 (load balancers need a fast answer)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client connection may take to send a complete request head before it is closed",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=4096,
+        help="open client connections; more are closed at once (lowered to fit the descriptor limit)",
+    )
     p.add_argument("--request-timeout", type=float, default=60.0, help="seconds per Triton request")
     p.add_argument(
         "--api-key",
@@ -217,7 +243,12 @@ def _proxy_settings(args: argparse.Namespace, triton_urls: list[str], protocol: 
         aliases=aliases,
         max_inputs=args.max_inputs,
         max_body_bytes=args.max_body_bytes,
+        max_request_chars=args.max_request_chars,
         max_in_flight=args.max_in_flight,
+        body_timeout_s=args.body_timeout,
+        ready_check_timeout_s=args.ready_check_timeout,
+        header_timeout_s=args.header_timeout,
+        max_connections=args.max_connections,
         request_timeout_s=args.request_timeout,
         api_keys=load_api_keys(args.api_key, args.api_key_file),
         protect_metrics=args.protect_metrics,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -13,15 +14,16 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bge_triton import __version__
 
 from ..triton_client import EmbeddingResult
+from .access_log import AccessLog
 from .admission import admitted
 from .auth import ApiKeyAuth
-from .errors import ERROR_TYPES, ProxyError, error_response, install_error_handlers
-from .inputs import normalise_input
+from .body_limits import BodyLimits
+from .errors import ProxyError, install_error_handlers
+from .inputs import check_request_size, normalise_input
 from .m3_routes import install_m3_routes
 from .metrics import ProxyMetrics
 from .registry import InputType, ListedName, ModelRegistry, Resolved
@@ -31,7 +33,7 @@ from .token_ids import TiktokenDecoder, load_cl100k, refuse_token_ids
 from .ui_routes import install_ui_routes
 
 log = logging.getLogger("bge_triton.proxy")
-ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 503)}
+ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 408, 413, 429, 503)}
 
 
 class OrjsonResponse(JSONResponse):
@@ -39,58 +41,6 @@ class OrjsonResponse(JSONResponse):
 
     def render(self, content: object) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-class BodySizeLimit:
-    """413 for bodies over the limit: by Content-Length before reading, or as soon as the
-    streamed body passes the limit."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._reject(scope, send)
-            return
-        seen = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._reject(scope, send)
-
-    async def _reject(self, scope: Scope, send: Send) -> None:
-        response = error_response(413, f"request body is larger than {self.max_bytes} bytes", code="body_too_large")
-        await response(scope, _empty_receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-async def _empty_receive() -> Message:
-    return {"type": "http.disconnect"}
 
 
 def create_app(settings: ProxySettings) -> FastAPI:
@@ -119,27 +69,9 @@ def create_app(settings: ProxySettings) -> FastAPI:
     app.state.metrics = metrics
     app.state.in_flight = 0
     install_error_handlers(app, settings.retry_after_s)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(ApiKeyAuth, keys=settings.api_keys, protect_metrics=settings.protect_metrics)
-
-    @app.middleware("http")
-    async def access_log(request: Request, call_next):  # type: ignore[no-untyped-def]
-        started = time.perf_counter()
-        response = await call_next(request)
-        elapsed = time.perf_counter() - started
-        model = getattr(request.state, "model", "")
-        endpoint = request.url.path
-        status = str(response.status_code)
-        metrics.requests.labels(endpoint, model, status).inc()
-        metrics.latency.labels(endpoint, model, status).observe(elapsed)
-        if response.status_code >= 400:
-            metrics.errors.labels(ERROR_TYPES.get(response.status_code, "server_error")).inc()
-        log.info(
-            "%s %s model=%s inputs=%s tokens=%s status=%d %.1fms",
-            request.method, endpoint, model or "-", getattr(request.state, "inputs", "-"),
-            getattr(request.state, "tokens", "-"), response.status_code, elapsed * 1000,
-        )  # fmt: skip
-        return response
+    app.add_middleware(AccessLog, router=app.router, metrics=metrics)  # added last: the outermost
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
     @app.post("/embeddings", include_in_schema=False)
@@ -155,6 +87,7 @@ def create_app(settings: ProxySettings) -> FastAPI:
         input_type = _input_type(body.input_type, target)
         kind, items = normalise_input(body.input, settings.max_inputs)
         request.state.inputs = len(items)
+        check_request_size(items, settings.max_request_chars)
         if body.dimensions is not None and body.dimensions > facts.dim:
             raise ProxyError(400, f"dimensions must be at most {facts.dim} for {name}", param="dimensions",
                              code="invalid_value")  # fmt: skip
@@ -209,7 +142,11 @@ def create_app(settings: ProxySettings) -> FastAPI:
 
     @app.get("/ready", responses=ERROR_RESPONSES)
     async def ready() -> Response:
-        ok, reason, replicas = await registry.ready()
+        try:  # a load balancer needs an answer in time, whatever Triton does (a stopped Triton never answers)
+            ok, reason, replicas = await asyncio.wait_for(registry.ready(), settings.ready_check_timeout_s)
+        except TimeoutError:
+            raise ProxyError(503, f"Triton did not answer the readiness checks within {settings.ready_check_timeout_s:g} s",
+                             code="not_ready") from None  # fmt: skip
         if not ok:
             raise ProxyError(503, reason, code="not_ready")
         return OrjsonResponse({"status": "ready", "models": list(registry.clients), "replicas": replicas})

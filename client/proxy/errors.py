@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http
-import logging
 import re
 
 from fastapi import FastAPI, Request
@@ -24,8 +23,6 @@ from ..errors import (
 )
 from .schemas import error_body
 
-log = logging.getLogger("bge_triton.proxy")
-
 # status -> OpenAI error `type`
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -33,6 +30,7 @@ ERROR_TYPES = {
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
     429: "rate_limit_error",
@@ -70,9 +68,14 @@ def error_response(
     status: int, message: str, *, param: str | None = None, code: str | None = None, retry_after_s: int = 1
 ) -> JSONResponse:
     headers = {"Retry-After": str(retry_after_s)} if status in RETRY_AFTER_STATUSES else None
-    body = error_body(message, ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
-                      param, code)  # fmt: skip
+    error_type = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body = error_body(encodable(message), error_type, None if param is None else encodable(param), code)
     return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+def encodable(text: str) -> str:
+    """`text` with what UTF-8 cannot encode (lone surrogates a client sent, echoed in a message) as `\\udxxx`."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def from_embedding_error(exc: EmbeddingError) -> ProxyError:
@@ -145,7 +148,4 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
         return error_response(exc.status_code, str(exc.detail), code=http_status_code(exc.status_code),
                               retry_after_s=retry_after_s)  # fmt: skip
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error: %s", exc)
-        return error_response(500, "internal error in the proxy; see its log", code="internal_error")
+    # any other exception: answered 500, logged and counted once by access_log.AccessLog

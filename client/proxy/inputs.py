@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .errors import ProxyError
+
+MAX_TOKEN_ID = 2**63 - 1  # Triton's INT64 ids: a larger integer is no token of any vocabulary
 
 
 def normalise_input(value: object, max_inputs: int) -> tuple[str, list]:
@@ -27,6 +31,9 @@ def normalise_input(value: object, max_inputs: int) -> tuple[str, list]:
             raise ProxyError(400, f"input {index} is an empty {what}", param="input", code="invalid_value")
         if kind == "ids" and min(item) < 0:
             raise ProxyError(400, f"input {index} holds a negative token id", param="input", code="invalid_value")
+        if kind == "ids" and max(item) > MAX_TOKEN_ID:
+            raise ProxyError(400, f"input {index} holds {max(item)}, which is no token id (ids are below 2**63)",
+                             param="input", code="invalid_token_id")  # fmt: skip
     return kind, items
 
 
@@ -36,3 +43,15 @@ def normalise_texts(value: object, max_inputs: int, *, param: str = "input") -> 
     if kind != "text":
         raise ProxyError(400, f"'{param}' must be a string or an array of strings", param=param, code="invalid_type")
     return items
+
+
+def check_request_size(items: Sequence[Sequence[object]], max_chars: int, *, param: str = "input") -> int:
+    """The request's characters (a token id counts as one); 413 `request_too_large` over `max_chars`, before any
+    of it reaches Triton. Returns the count."""
+    total = sum(len(item) for item in items)
+    if total > max_chars:
+        raise ProxyError(
+            413, f"'{param}' holds {total} characters in all; at most {max_chars} per request "
+            "(--max-request-chars): split it into several requests", param=param, code="request_too_large",
+        )  # fmt: skip
+    return total

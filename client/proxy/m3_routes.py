@@ -18,7 +18,7 @@ from ..errors import EmbeddingError
 from ..m3_scoring import M3Vectors, M3Weights, Mode, score_passages
 from .admission import admitted
 from .errors import ProxyError
-from .inputs import normalise_texts
+from .inputs import check_request_size, normalise_texts
 from .metrics import ProxyMetrics
 from .registry import ModelRegistry
 from .replicas import ReplicaSet
@@ -69,6 +69,7 @@ def install_m3_routes(app: FastAPI, registry: ModelRegistry, settings: ProxySett
         name, replicas = await m3_model(body.model, request)
         texts = normalise_texts(body.inputs, settings.max_inputs, param="inputs")
         request.state.inputs = len(texts)
+        check_request_size(texts, settings.max_request_chars, param="inputs")
         result = await vectors(replicas, name, texts, (mode,), query=body.input_type == "query")
         request.state.tokens = int(result.token_counts.sum())
         return result
@@ -111,6 +112,7 @@ def install_m3_routes(app: FastAPI, registry: ModelRegistry, settings: ProxySett
             (query,) = normalise_texts(body.query, 1, param="query")
             passages = normalise_texts(body.passages, settings.max_inputs, param="passages")
             request.state.inputs = 1 + len(passages)
+            check_request_size([query, *passages], settings.max_request_chars, param="passages")
             try:
                 weights = M3Weights(body.weights.dense, body.weights.sparse, body.weights.colbert)
             except ValueError as exc:

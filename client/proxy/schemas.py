@@ -13,7 +13,7 @@ EmbeddingInput = StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
 class EmbeddingRequest(BaseModel):
     """`POST /v1/embeddings`. Unknown fields are ignored, as OpenAI-compatible servers do."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)  # 8.0, "8", true are no int
 
     input: EmbeddingInput = Field(
         description="A string, an array of strings, an array of token ids, or an array of token-id arrays."
@@ -121,7 +121,7 @@ M3Input = StrictStr | list[StrictStr]
 class SparseRequest(BaseModel):
     """`POST /embed_sparse` (TEI's shape: `inputs`; OpenAI's `input` is accepted too)."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, strict=True)
 
     inputs: M3Input = Field(validation_alias=AliasChoices("inputs", "input"), description="A string or strings.")
     model: StrictStr | None = Field(default=None, description="A served bge-m3 model (default: the only one).")
@@ -144,7 +144,7 @@ class SparseValue(BaseModel):
 class ScoreWeights(BaseModel):
     """Hybrid weights (FlagEmbedding's `weights_for_different_modes`; equal by default)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     dense: Annotated[float, Field(ge=0)] = 1.0
     sparse: Annotated[float, Field(ge=0)] = 1.0
@@ -154,7 +154,7 @@ class ScoreWeights(BaseModel):
 class SimilarityRequest(BaseModel):
     """`POST /v1/similarity`: one query against N passages with every bge-m3 score."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, strict=True)
 
     query: StrictStr
     passages: list[StrictStr] = Field(validation_alias=AliasChoices("passages", "documents"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
@@ -11,6 +12,7 @@ from types import FrameType
 import uvicorn
 
 from .app import create_app
+from .connections import bounded_protocol, connection_cap, quiet_accept_errors
 from .settings import ProxySettings
 
 log = logging.getLogger("bge_triton.proxy")
@@ -25,6 +27,7 @@ class ProxyServer(uvicorn.Server):
         self.on_started = on_started
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        quiet_accept_errors(asyncio.get_running_loop())
         await super().startup(sockets)
         if self.started and self.on_started is not None:
             self.on_started()
@@ -46,6 +49,7 @@ def build_server(settings: ProxySettings, on_started: Callable[[], None] | None 
         log_config=None,  # log through the application's logging setup
         access_log=False,  # the app logs one line per request itself
         timeout_graceful_shutdown=max(1, round(settings.grace_period_s)),
+        http=bounded_protocol(settings.header_timeout_s, connection_cap(settings.max_connections)),
     )
     return ProxyServer(config, on_started)
 

@@ -26,6 +26,14 @@ class ProxySettings:
     aliases: dict[str, str] = field(default_factory=dict)
     max_inputs: int = 2048  # inputs per request
     max_body_bytes: int = 16 * 1024 * 1024  # request bodies over this are answered 413 unread
+    # Characters of all a request's texts together (a token id counts as one); more is answered 413 before
+    # Triton sees any of it. 2048 inputs x 2048 characters: about four 512-token windows of Chinese (one of
+    # English) per input at --max-inputs; the 780 x 20,000 characters (15.6 M) is refused.
+    max_request_chars: int = 4 * 1024 * 1024
+    body_timeout_s: float = 30.0  # the whole body must arrive within this after the headers; else 408
+    ready_check_timeout_s: float = 1.0  # /ready answers 503 when Triton has not answered its checks within this
+    header_timeout_s: float = 10.0  # a connection without a complete request head after this is closed
+    max_connections: int = 4096  # open client connections; more are closed at once (kept under the fd limit)
     max_in_flight: int = 64  # requests being served at once; more are answered 429
     retry_after_s: int = 1  # the Retry-After of 429 and 503 answers
     request_timeout_s: float = 60.0  # per Triton request

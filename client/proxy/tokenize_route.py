@@ -27,7 +27,7 @@ from ..errors import EmbeddingError
 from ..triton_client import TokenizedText
 from .admission import admitted
 from .errors import ProxyError
-from .inputs import normalise_texts
+from .inputs import check_request_size, normalise_texts
 from .metrics import ProxyMetrics
 from .registry import ModelRegistry
 from .replicas import ReplicaSet
@@ -37,7 +37,7 @@ from .settings import ProxySettings
 class TokenizeRequest(BaseModel):
     """`POST /tokenize` (TEI's body, plus `model` and `input_type`)."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, strict=True)
 
     inputs: StrictStr | list[StrictStr] = Field(
         validation_alias=AliasChoices("inputs", "input"), description="A string or strings."
@@ -99,7 +99,7 @@ def install_tokenize_route(
     @app.post(
         "/tokenize",
         response_model=list[list[SimpleToken]],
-        responses={status: {"description": "OpenAI error JSON"} for status in (400, 401, 404, 429, 503)},
+        responses={status: {"description": "OpenAI error JSON"} for status in (400, 401, 404, 408, 413, 429, 503)},
     )
     async def tokenize(body: TokenizeRequest, request: Request) -> Response:
         """Every token of each input (untruncated), with character offsets into instruction + input."""
@@ -107,6 +107,7 @@ def install_tokenize_route(
             name, replicas = await resolve(body.model, request)
             texts = normalise_texts(body.inputs, settings.max_inputs, param="inputs")
             request.state.inputs = len(texts)
+            check_request_size(texts, settings.max_request_chars, param="inputs")
             started = time.perf_counter()
             result = await replicas.tokenize(
                 texts, query=body.input_type == "query", add_special_tokens=body.add_special_tokens
