@@ -30,12 +30,12 @@ def _texts() -> dict[str, str]:
     rng = random.Random(0)
     words = EN.split()
     return {
-        "zh": ZH * 4000,
-        "en": EN * 3000,
-        "mixed": "".join(rng.choice([ZH, EN, "😀 ", "\n\t", "１２３ "]) for _ in range(3000)),
-        "spaces then words": " " * 200_000 + EN * 100,  # the prefix holds no token: tokenized whole
-        "one long word": "x" * 50_000 + " " + EN * 50,
-        "random words": " ".join(rng.choice(words) for _ in range(40_000)),
+        "zh": ZH * 400,
+        "en": EN * 300,
+        "mixed": "".join(rng.choice([ZH, EN, "😀 ", "\n\t", "１２３ "]) for _ in range(600)),
+        "spaces then words": " " * 20_000 + EN * 100,  # the prefix holds no token: tokenized whole
+        "one long word": "x" * 10_000 + " " + EN * 50,
+        "random words": " ".join(rng.choice(words) for _ in range(4_000)),
     }
 
 
