@@ -391,6 +391,9 @@ def test_model_picker_lists_served_models_not_their_query_passage_variants(page:
     options = page.eval_on_selector_all("#model option", "options => options.map(o => o.value)")
     assert options == [c["id"] for c in cards if not c.get("parent")]
     assert not {c["id"] for c in cards if c.get("parent")} & set(options)
+    # the sample texts a first visit shows include Chinese in every mode
+    for box in ("#text-a", "#text-b", "#many-texts", "#token-texts"):
+        assert re.search(r"[\u4e00-\u9fff]", page.input_value(box)), box
 
 
 def test_copy_as_curl_and_python_reproduce_the_vectors(page: Page, proxy: Service, tmp_path: Path) -> None:
