@@ -14,6 +14,7 @@ import numpy as np
 
 from bge_triton.evaluation.datasets import DatasetError
 from bge_triton.model_facts import ModelFacts
+from bge_triton.triton_models.numpy_pooling import numpy_pooling_runner
 from bge_triton.triton_models.torch_runner import torch_runner
 
 from .checkpoint import default_name, resolve_checkpoint
@@ -203,18 +204,18 @@ def export_model(
 def _export_torch_engine(
     checkpoint: Path, repository: Path, facts: ModelFacts, device: str, opts: BatchingOptions | None
 ) -> ExportResult:
-    """The torch engine: the pooling graph, parity of the served pipeline (tokenizer -> transformers encoder ->
-    pooling graph) against the PyTorch FP32 reference, score bands, then the repository."""
+    """The torch engine: parity of the served pipeline (tokenizer -> transformers encoder -> numpy pooling) against
+    the PyTorch FP32 reference, score bands, then the repository; no ONNX graph is made."""
     started = time.perf_counter()
     names = encoder_input_names(facts)
     with tempfile.TemporaryDirectory(prefix="bge-triton-export-") as tmp_dir:
         tmp = Path(tmp_dir)
         tokenizer_json = _tokenizer_json(checkpoint, tmp)
-        pooling = export_pooling(facts, tmp / "pooling.onnx")
         runner = torch_runner(
             checkpoint, names, device=device, dtype=facts.precision, pad_values={"input_ids": facts.pad_token_id}
         )
-        pipeline = OnnxPipeline(tokenizer_json, None, pooling, facts, encoder=runner)
+        pooling = numpy_pooling_runner(facts.pooling, facts.normalize)
+        pipeline = OnnxPipeline(tokenizer_json, None, None, facts, encoder=runner, pooling=pooling)
         log.info(
             "checking parity of the torch engine (%s, %s) on %d probe texts", device, facts.precision, len(PROBE_TEXTS)
         )
@@ -229,7 +230,7 @@ def _export_torch_engine(
         facts = dataclasses.replace(facts, score_bands=_bands_text(pipeline.embed, facts))
         encoder = TorchEncoder(checkpoint, device=device, dtype=facts.precision)  # type: ignore[arg-type]
         ensemble_dir = write_repository(
-            repository, facts, tokenizer_json=tokenizer_json, encoder_onnx=None, pooling_onnx=pooling,
+            repository, facts, tokenizer_json=tokenizer_json, encoder_onnx=None, pooling_onnx=None,
             input_names=names, opts=opts, parity_json=report.to_json(), torch_encoder=encoder,
         )  # fmt: skip
     seconds = time.perf_counter() - started

@@ -126,19 +126,21 @@ class OnnxPipeline:
         self,
         tokenizer_json: Path,
         encoder_onnx: Path | None,
-        pooling_onnx: Path,
+        pooling_onnx: Path | None,
         facts: ModelFacts,
         *,
         threads: int = 0,
         encoder: PaddedOnnxRunner | None = None,
+        pooling: PaddedOnnxRunner | None = None,
     ):
-        """`encoder`: another engine's runner (the torch engine's) instead of onnxruntime on `encoder_onnx`."""
+        """`encoder`, `pooling`: another engine's runners (the torch engine's) instead of onnxruntime on the
+        graphs."""
         self.facts = facts
         self.tokenizer = TextTokenizer(tokenizer_json, facts.max_tokens, facts.pad_token_id)
         self.encoder = encoder or PaddedOnnxRunner(
             encoder_onnx, threads=threads, pad_values={"input_ids": facts.pad_token_id}
         )
-        self.pooling = PaddedOnnxRunner(pooling_onnx, threads=threads)
+        self.pooling = pooling or PaddedOnnxRunner(pooling_onnx, threads=threads)
 
     def hidden_states(self, texts: list[str]) -> tuple[TokenizedBatch, np.ndarray]:
         """Tokenize one batch and run the encoder: (the batch, last_hidden_state)."""

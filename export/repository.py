@@ -434,7 +434,7 @@ def write_repository(
     *,
     tokenizer_json: Path,
     encoder_onnx: Path | None,
-    pooling_onnx: Path,
+    pooling_onnx: Path | None,
     input_names: list[str],
     target: Target = "local",
     opts: BatchingOptions | None = None,
@@ -484,7 +484,11 @@ def write_repository(
             )
             encoder_files = torch_engine.encoder_files(torch_encoder.checkpoint, SOURCES_DIR)
         _write_model(staging, encoder, encoder_files, extra={"parity.json": parity_json} if parity_json else None)
-        _write_model(staging, pooling_config(facts, target, opts), {"model.onnx": pooling_onnx, **runner})
+        if torch_encoder is None:
+            _write_model(staging, pooling_config(facts, target, opts), {"model.onnx": pooling_onnx, **runner})
+        else:
+            pooling = torch_engine.configure_pooling(pooling_config(facts, target, opts), facts)
+            _write_model(staging, pooling, torch_engine.pooling_files(SOURCES_DIR))
         _write_model(staging, ensemble_config(facts, opts, input_names), {}, extra={FACTS_FILE: facts.to_json()})
         _write_model(staging, ensemble_config(facts, opts, input_names, ids=True), {})
         if m3_heads is not None:

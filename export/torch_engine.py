@@ -2,10 +2,11 @@
 `transformers` in the Python backend (`triton_models/torch_runner.py`) instead of an ONNX graph.
 
 FP16 with scaled-dot-product attention on CUDA (`--device cuda`: instance group KIND_GPU, one instance per GPU
-Triton gives it), FP32 on the CPU, where the test suite runs it end to end. The tokenizer model, the pooling +
-normalisation graph, the token-budget sub-batching, the outputs and the model facts are the onnxruntime engine's.
-The encoder folder holds `model.py` (torch_runner.py), `onnx_runner.py` (its batching), and `checkpoint/` (the
-checkpoint's config and weights).
+Triton gives it), FP32 on the CPU, where the test suite runs it end to end. The tokenizer model, the token-budget
+sub-batching, the outputs and the model facts are the onnxruntime engine's; pooling + normalisation is the same
+arithmetic in numpy (`triton_models/numpy_pooling.py`), so the repository needs neither onnx nor onnxruntime (a GPU
+host with only PyTorch runs it). The encoder folder holds `model.py` (torch_runner.py), `onnx_runner.py` (its
+batching), and `checkpoint/` (the checkpoint's config and weights).
 """
 
 from __future__ import annotations
@@ -74,6 +75,21 @@ def copy_files(files: dict[str, Path], version_dir: Path) -> None:
         target = version_dir / dest
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
+
+
+def pooling_files(sources_dir: Path) -> dict[str, Path]:
+    return {"model.py": sources_dir / "numpy_pooling.py", "onnx_runner.py": sources_dir / "onnx_runner.py"}
+
+
+def configure_pooling(config: mc.ModelConfig, facts: ModelFacts) -> mc.ModelConfig:
+    """The local target's pooling config (Python backend, ragged inputs) with numpy pooling's parameters."""
+    assert config.name == model_names(facts.name)["pooling"]
+    for key in ("onnx_file", "pad_values", "intra_op_threads"):
+        del config.parameters[key]
+    config.parameters["pooling"].string_value = facts.pooling
+    config.parameters["normalize"].string_value = "true" if facts.normalize else "false"
+    config.parameters["engine"].string_value = "torch"
+    return config
 
 
 def configure_encoder(

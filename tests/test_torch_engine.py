@@ -77,6 +77,12 @@ def test_torch_engine_serves_the_same_vectors_through_triton(tmp_path: Path, ref
     files = {p.relative_to(encoder / "1").as_posix() for p in (encoder / "1").rglob("*") if p.is_file()}
     assert {"model.py", "onnx_runner.py", "checkpoint/config.json", "checkpoint/model.safetensors"} <= files
     assert not any(name.endswith(".onnx") for name in files)
+    pooling = tmp_path / "repo/minilm-torch-pooling"
+    pooling_config = parse_config((pooling / "config.pbtxt").read_text())
+    assert {k: v.string_value for k, v in pooling_config.parameters.items()} == {
+        "pooling": "mean", "normalize": "true", "engine": "torch", "max_batch_tokens": "16384",
+    }  # fmt: skip
+    assert sorted(p.name for p in (pooling / "1").iterdir()) == ["model.py", "onnx_runner.py"]  # no graph
     options = TritonOptions(
         repository=tmp_path / "repo", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
     )
@@ -88,3 +94,28 @@ def test_torch_engine_serves_the_same_vectors_through_triton(tmp_path: Path, ref
         served = client.embed(texts)
     cos = (served * reference.embed(texts)).sum(axis=1)
     assert served.shape == (len(texts), 384) and cos.min() >= 0.9999, cos.min()
+
+
+@pytest.mark.parametrize("mode", ["cls", "mean", "max", "lasttoken"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_numpy_pooling_equals_the_torch_pooler(mode: str, normalize: bool) -> None:
+    """The torch engine's pooling step is the Pooler the ONNX pooling graph is exported from, in numpy."""
+    import torch
+
+    from bge_triton.export.onnx_export import Pooler
+    from bge_triton.triton_models.numpy_pooling import numpy_pooling_runner
+
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(3, 7, 16)).astype(np.float32)
+    mask = np.array([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6], dtype=np.int64)
+    expected = Pooler(mode, normalize)(torch.from_numpy(hidden), torch.from_numpy(mask)).numpy()
+    # Two requests of different widths, as the ragged batch hands them over.
+    runner = numpy_pooling_runner(mode, normalize)
+    answers = runner.run(
+        [
+            {"last_hidden_state": hidden[:2], "attention_mask": mask[:2]},
+            {"last_hidden_state": hidden[2:, :3], "attention_mask": mask[2:, :3]},
+        ]
+    )
+    got = np.concatenate([a["embedding"] for a in answers])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

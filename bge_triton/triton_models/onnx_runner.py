@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,15 @@ DEFAULT_MAX_BATCH_TOKENS = 16384  # rows x padded length per onnxruntime call; 0
 # when the budget would allow it (attention grows with the square of the padded length).
 PAD_RATIO = 2
 SHORT_ROWS = 64
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A named tensor as onnxruntime's session describes it (the runner reads `.name` and `.shape`): what another
+    engine's session (torch_runner.py, numpy_pooling.py) reports."""
+
+    name: str
+    shape: list[Any] = field(default_factory=lambda: ["batch", SEQUENCE_AXIS_NAME])
 
 
 @dataclass(frozen=True)

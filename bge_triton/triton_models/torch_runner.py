@@ -14,27 +14,22 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 try:
-    from bge_triton.triton_models.onnx_runner import DEFAULT_MAX_BATCH_TOKENS, SEQUENCE_AXIS_NAME, PaddedOnnxRunner
+    from bge_triton.triton_models.onnx_runner import (
+        DEFAULT_MAX_BATCH_TOKENS,
+        SEQUENCE_AXIS_NAME,
+        PaddedOnnxRunner,
+        TensorInfo,
+    )
 except ImportError:  # copied into a model folder where the package is not installed (the NGC image)
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # export copies onnx_runner.py beside this file
-    from onnx_runner import DEFAULT_MAX_BATCH_TOKENS, SEQUENCE_AXIS_NAME, PaddedOnnxRunner
+    from onnx_runner import DEFAULT_MAX_BATCH_TOKENS, SEQUENCE_AXIS_NAME, PaddedOnnxRunner, TensorInfo
 
 OUTPUT_NAME = "last_hidden_state"
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """A named tensor as onnxruntime's session describes it (the runner reads `.name` and `.shape`)."""
-
-    name: str
-    shape: list[Any] = field(default_factory=lambda: ["batch", SEQUENCE_AXIS_NAME])
 
 
 class TorchEncoderSession:
