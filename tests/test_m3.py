@@ -200,9 +200,14 @@ def test_container_gpu_target_configs(m3_export: ExportResult, tmp_path: Path) -
         assert local.backend == "python" and all(i.allow_ragged_batch for i in local.input)
         assert _io(gpu) == _io(local)
     for same in ("sparse-post", "colbert-post", "m3", "sparse", "colbert"):
-        config = tmp_path / f"{MODEL}-{same}/config.pbtxt"
-        assert config.read_text() == (repo / f"{MODEL}-{same}/config.pbtxt").read_text()
-        assert _parse(config).max_batch_size > 0
+        gpu, local = _parse(tmp_path / f"{MODEL}-{same}/config.pbtxt"), _parse(repo / f"{MODEL}-{same}/config.pbtxt")
+        # the GPU target's token budget: 65536 tokens // the 8192-token window = 8 rows per execution
+        assert (local.max_batch_size, gpu.max_batch_size) == (64, 65536 // facts.max_tokens) == (64, 8)
+        if local.HasField("dynamic_batching"):  # the ensembles have none
+            assert list(gpu.dynamic_batching.preferred_batch_size) == [8]  # 16 and 32 are over the cap
+            gpu.dynamic_batching.preferred_batch_size[:] = local.dynamic_batching.preferred_batch_size
+        gpu.max_batch_size = local.max_batch_size
+        assert gpu == local
 
 
 # -- the served outputs against FlagEmbedding -------------------------------------------------------------------------
