@@ -141,7 +141,9 @@ def tokenizer_config(facts: ModelFacts, opts: BatchingOptions) -> mc.ModelConfig
         config.output.append(_out(out, "int64", [-1]))
     config.output.append(_out("TOKEN_COUNT", "int64", [1]))
     config.output.append(_out("FULL_TOKEN_COUNT", "int64", [1]))
-    _dynamic_batching(config, opts)
+    # With pad buckets (container-gpu) the requests of one tokenizer execution share a width, and only requests of
+    # one shape batch on the onnxruntime backend: there the tokenizer's wait is what fills the encoder's batch.
+    _dynamic_batching(config, opts, waits=bool(opts.pad_buckets))
     config.instance_group.append(mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU))
     _set_params(
         config,
