@@ -19,6 +19,8 @@ from pathlib import Path
 from bge_triton.model_facts import read_facts
 
 ALL_SYSTEMS: tuple[str, ...] = ("onnxruntime", "triton", "perf_analyzer", "proxy", "sentence-transformers", "infinity")
+# Also measurable, not in the default set: "torch" (the torch engine in-process; needs the checkpoint).
+EXTRA_SYSTEMS: tuple[str, ...] = ("torch",)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -36,6 +38,7 @@ class BenchOptions:
     concurrency: int = 8
     out_dir: Path = RESULTS_DIR
     timeout_s: float = 1800
+    device: str = "cpu"  # cuda: sentence-transformers and the torch engine run FP16 on the GPU
 
 
 def run_bench(opts: BenchOptions) -> dict[str, object]:
@@ -69,7 +72,7 @@ def run_bench(opts: BenchOptions) -> dict[str, object]:
             plan = {
                 "system": name,
                 "spec": {"checkpoint": str(opts.checkpoint), "repository": str(opts.repository), "model": opts.model,
-                         "threads": opts.threads, "work_dir": str(work)},
+                         "threads": opts.threads, "work_dir": str(work), "device": opts.device},
                 "texts": texts, "tokens": int(counts.sum()), "queries": queries,
                 "batch": opts.batch, "concurrency": opts.concurrency,
             }  # fmt: skip
@@ -108,6 +111,8 @@ def _ratios(systems: dict[str, dict[str, object]]) -> dict[str, float]:
         "proxy_vs_onnxruntime": ("proxy", "onnxruntime"),
         "triton_vs_sentence_transformers": ("triton", "sentence-transformers"),
         "triton_vs_infinity": ("triton", "infinity"),
+        "triton_vs_torch": ("triton", "torch"),
+        "proxy_vs_torch": ("proxy", "torch"),
         "proxy_vs_infinity": ("proxy", "infinity"),
     }
     out = {}

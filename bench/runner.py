@@ -116,6 +116,9 @@ def run(plan: Plan) -> dict[str, object]:
         with PeakRss(system.pids) as rss:
             result = asyncio.run(measure(system, plan))
         result["peak_rss_mb"] = rss.peak // 2**20
+        gpu = getattr(system, "gpu_memory_mb", None)
+        if gpu is not None and gpu() is not None:
+            result["peak_gpu_mb"] = gpu()
         return result
     finally:
         system.stop()

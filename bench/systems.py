@@ -31,6 +31,14 @@ class Spec:
     model: str
     threads: int
     work_dir: Path
+    device: str = "cpu"  # cuda: the in-process torch systems run FP16 on the GPU
+
+
+def _gpu_memory_mb() -> int | None:
+    """Peak GPU memory this process allocated through PyTorch (None without CUDA)."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() // 2**20 if torch.cuda.is_available() else None
 
 
 @dataclass
@@ -81,12 +89,51 @@ class SentenceTransformersSystem(System):
         from sentence_transformers import SentenceTransformer
 
         torch.set_num_threads(self.spec.threads)
-        self.model = SentenceTransformer(str(self.spec.checkpoint), device="cpu")
+        self.model = SentenceTransformer(str(self.spec.checkpoint), device=self.spec.device)
+        if self.spec.device == "cuda":
+            self.model.half()  # what users run on a GPU: FP16
         self.model.max_seq_length = read_facts(self.spec.repository / self.spec.model).max_tokens
         super().start()
 
     async def embed(self, texts: list[str]) -> None:
         await asyncio.to_thread(self.model.encode, texts, batch_size=len(texts), normalize_embeddings=True)
+
+    def gpu_memory_mb(self) -> int | None:
+        return _gpu_memory_mb()
+
+
+class TorchEngineSystem(System):
+    """The torch engine in-process (tokenizer -> transformers encoder -> numpy pooling, the same runners the Triton
+    models run): the limit of the torch path, as onnxruntime in-process is of the ONNX path."""
+
+    def start(self) -> None:
+        import torch
+
+        from bge_triton.export.onnx_export import encoder_input_names
+        from bge_triton.export.parity import OnnxPipeline
+        from bge_triton.triton_models.numpy_pooling import numpy_pooling_runner
+        from bge_triton.triton_models.torch_runner import torch_runner
+
+        torch.set_num_threads(self.spec.threads)
+        repo, name = self.spec.repository, self.spec.model
+        facts = read_facts(repo / name)
+        dtype = "fp16" if self.spec.device == "cuda" else "fp32"
+        encoder = torch_runner(
+            self.spec.checkpoint, encoder_input_names(facts), device=self.spec.device, dtype=dtype,
+            pad_values={"input_ids": facts.pad_token_id},
+        )  # fmt: skip
+        pooling = numpy_pooling_runner(facts.pooling, facts.normalize)
+        tokenizer_json = repo / f"{name}-tokenizer/1/tokenizer.json"
+        self.pipeline = OnnxPipeline(tokenizer_json, None, None, facts, encoder=encoder, pooling=pooling)
+        self._serial = asyncio.Lock()
+        super().start()
+
+    async def embed(self, texts: list[str]) -> None:
+        async with self._serial:  # one encoder, one batch at a time (as one Triton instance)
+            await asyncio.to_thread(self.pipeline.embed, texts, len(texts))
+
+    def gpu_memory_mb(self) -> int | None:
+        return _gpu_memory_mb()
 
 
 class TritonSystem(System):
@@ -182,6 +229,7 @@ SYSTEMS: dict[str, type[System]] = {
     "proxy": ProxySystem,
     "sentence-transformers": SentenceTransformersSystem,
     "infinity": InfinitySystem,
+    "torch": TorchEngineSystem,
 }
 
 

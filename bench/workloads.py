@@ -17,7 +17,9 @@ from tokenizers import Tokenizer
 from bge_triton.package_data import eval_data_dir
 
 # workload -> tokens per text (None: the mix below)
-WORKLOADS: dict[str, int | None] = {"short": 16, "sentence": 64, "passage": 256, "full": 512, "long": 8192, "mix": None}
+WORKLOADS: dict[str, int | None] = {
+    "short": 16, "sentence": 64, "medium": 128, "passage": 256, "full": 512, "long": 8192, "mix": None,
+}  # fmt: skip
 MIX: tuple[tuple[int, float], ...] = ((16, 0.40), (64, 0.35), (256, 0.20), (512, 0.05))  # RAG-ish traffic
 
 

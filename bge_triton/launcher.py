@@ -77,6 +77,14 @@ class TritonOptions:
 
 
 def tritonserver_home() -> Path:
+    """The tritonserver of the nvidia-pytriton wheel, or $BGE_TRITON_TRITONSERVER_HOME (the same layout unpacked
+    elsewhere: bench/gpu carries it to hosts without the wheel)."""
+    explicit = os.environ.get("BGE_TRITON_TRITONSERVER_HOME")
+    if explicit:
+        home = Path(explicit)
+        if not (home / "bin" / "tritonserver").is_file():
+            raise LaunchError(f"$BGE_TRITON_TRITONSERVER_HOME={home} has no bin/tritonserver")
+        return home
     try:
         import pytriton
     except ImportError as exc:
