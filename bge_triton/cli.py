@@ -55,7 +55,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "--device",
         choices=("cpu", "cuda"),
         default="cpu",
-        help="with --engine torch: where the encoder runs (cuda: a GPU instance group)",
+        help="where the encoder runs; cuda: a GPU instance group, with the torch engine in FP16 or, on the local "
+        "target, onnxruntime-gpu's TensorRT/CUDA providers",
     )
     p.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository to write")
     p.add_argument("--max-batch-size", type=int, default=64, help="largest dynamic batch Triton forms")

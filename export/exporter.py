@@ -195,6 +195,7 @@ def export_model(
             opts=opts,
             parity_json=report.to_json(),
             m3_heads=m3_heads,
+            device=device,  # type: ignore[arg-type]
         )
     seconds = time.perf_counter() - started
     log.info("wrote %s (%.1f s)", ensemble_dir.parent, seconds)

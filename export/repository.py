@@ -443,6 +443,7 @@ def write_repository(
     parity_json: str | None = None,
     m3_heads: M3HeadFiles | None = None,
     torch_encoder: TorchEncoder | None = None,
+    device: torch_engine.Device = "cpu",
 ) -> Path:
     """Write (or replace) the model's six folders in `repository` (thirteen for bge-m3: `m3_heads`, required
     when `facts.m3_heads`); returns the text ensemble's folder. `torch_encoder`: the torch engine's encoder step
@@ -480,6 +481,8 @@ def write_repository(
         encoder = encoder_config(facts, target, opts, input_names)
         if torch_encoder is None:
             encoder_files = {"model.onnx": encoder_onnx, **runner}
+            if local:
+                encoder = torch_engine.place_onnx_encoder(encoder, device)
         else:
             encoder = torch_engine.configure_encoder(
                 encoder, facts, input_names, torch_encoder.device, torch_encoder.dtype, opts.encoder_instances or 1

@@ -41,10 +41,10 @@ def check_engine_options(engine: str, device: str, precision: str, target: str, 
     if device not in DEVICES:
         raise EngineOptionsError(f"unknown device {device!r} ({', '.join(DEVICES)})")
     if engine == "onnxruntime":
-        if device != "cpu":
+        if device == "cuda" and target != "local":
             raise EngineOptionsError(
-                "--device cuda is for --engine torch; the onnxruntime engine runs on the GPU through "
-                "--target container-gpu (Triton's onnxruntime backend in the NGC image)"
+                "--device cuda is for the local target (onnxruntime-gpu inside the Python backend); "
+                "--target container-gpu already runs on the GPU (Triton's onnxruntime backend)"
             )
         return precision
     if target != "local":
@@ -89,6 +89,17 @@ def configure_pooling(config: mc.ModelConfig, facts: ModelFacts) -> mc.ModelConf
     config.parameters["pooling"].string_value = facts.pooling
     config.parameters["normalize"].string_value = "true" if facts.normalize else "false"
     config.parameters["engine"].string_value = "torch"
+    return config
+
+
+def place_onnx_encoder(config: mc.ModelConfig, device: Device) -> mc.ModelConfig:
+    """The onnxruntime engine on the local target with `--device cuda`: the runner asks onnxruntime for the
+    TensorRT/CUDA providers (onnxruntime-gpu) on the GPU of each instance of a KIND_GPU instance group."""
+    config.parameters["device"].string_value = device
+    if device == "cuda":
+        count = config.instance_group[0].count if config.instance_group else 1
+        del config.instance_group[:]
+        config.instance_group.append(mc.ModelInstanceGroup(count=count, kind=mc.ModelInstanceGroup.KIND_GPU))
     return config
 
 

@@ -53,8 +53,9 @@ def test_engine_options_are_checked_before_any_work() -> None:
     assert check_engine_options("torch", "cpu", "fp32", "local", m3=False) == "fp32"
     assert check_engine_options("torch", "cuda", "fp32", "local", m3=False) == "fp16"
     assert check_engine_options("onnxruntime", "cpu", "int8", "local", m3=False) == "int8"
+    assert check_engine_options("onnxruntime", "cuda", "fp16", "local", m3=False) == "fp16"
     for args, message in (
-        (("onnxruntime", "cuda", "fp32", "local", False), "--device cuda is for --engine torch"),
+        (("onnxruntime", "cuda", "fp32", "container-gpu", False), "--device cuda is for the local target"),
         (("torch", "cpu", "fp32", "container-gpu", False), "use --target local"),
         (("torch", "cpu", "int8", "local", False), "int8 is ONNX-only"),
         (("torch", "cpu", "fp32", "local", True), "bge-m3"),
@@ -119,3 +120,41 @@ def test_numpy_pooling_equals_the_torch_pooler(mode: str, normalize: bool) -> No
     )
     got = np.concatenate([a["embedding"] for a in answers])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_onnxruntime_provider_selection() -> None:
+    """--device cuda with the onnxruntime engine: TensorRT and CUDA where onnxruntime-gpu has them, the CPU provider
+    last; a clear error where it has neither (this machine's onnxruntime)."""
+    import onnxruntime as ort
+
+    from bge_triton.triton_models.onnx_runner import select_providers
+
+    cpu = ["CPUExecutionProvider"]
+    assert select_providers("cpu", ["CUDAExecutionProvider", *cpu]) == cpu
+    assert select_providers("cuda", ["CUDAExecutionProvider", *cpu], device_id=1) == [
+        ("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider",
+    ]  # fmt: skip
+    assert [p[0] if isinstance(p, tuple) else p for p in select_providers(
+        "cuda", ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"])] == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider",
+    ]  # fmt: skip
+    with pytest.raises(RuntimeError, match="pip install onnxruntime-gpu"):
+        select_providers("cuda", ort.get_available_providers() if "CUDAExecutionProvider" not in
+                         ort.get_available_providers() else cpu)  # fmt: skip
+    with pytest.raises(ValueError, match="unknown device"):
+        select_providers("tpu", cpu)
+
+
+def test_onnx_encoder_on_cuda_gets_a_gpu_instance_group(exported: ExportResult) -> None:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from bge_triton.export.repository import BatchingOptions, encoder_config
+    from bge_triton.export.torch_engine import place_onnx_encoder
+
+    opts = BatchingOptions(encoder_instances=2)
+    names = encoder_input_names(exported.facts)
+    gpu = place_onnx_encoder(encoder_config(exported.facts, "local", opts, names), "cuda")
+    assert [(g.kind, g.count) for g in gpu.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, 2)]
+    assert gpu.parameters["device"].string_value == "cuda" and gpu.backend == "python"
+    cpu = place_onnx_encoder(encoder_config(exported.facts, "local", opts, names), "cpu")
+    assert [g.kind for g in cpu.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]

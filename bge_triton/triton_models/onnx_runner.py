@@ -55,6 +55,25 @@ class RowRef:
     length: int
 
 
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # preferred first, where installed
+
+
+def select_providers(device: str, available: list[str], device_id: int = 0) -> list[str | tuple[str, dict]]:
+    """onnxruntime execution providers for `device`: cpu -> the CPU provider; cuda -> TensorRT and CUDA where this
+    onnxruntime has them (onnxruntime-gpu), on GPU `device_id`, the CPU provider last for what they cannot run."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device != "cuda":
+        raise ValueError(f"unknown device {device!r} (cpu, cuda)")
+    gpu = [(p, {"device_id": device_id}) for p in GPU_PROVIDERS if p in available]
+    if not gpu:
+        raise RuntimeError(
+            f"device cuda needs onnxruntime with the CUDA execution provider (pip install onnxruntime-gpu); this "
+            f"onnxruntime has {', '.join(available)}"
+        )
+    return [*gpu, "CPUExecutionProvider"]
+
+
 def plan_sub_batches(lengths: list[int], max_batch_tokens: int) -> list[list[int]]:
     """Row indices grouped into sub-batches, longest rows first: each group's size x its longest length stays
     within `max_batch_tokens` (a row longer than the budget alone), and a row joins a group only when the group's
@@ -88,6 +107,8 @@ class PaddedOnnxRunner:
         pad_values: dict[str, float] | None = None,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         session: Any = None,
+        device: str = "cpu",
+        device_id: int = 0,
     ):
         """`session`: anything with onnxruntime's `get_inputs()`, `get_outputs()` and `run(names, feeds)` (the
         torch engine's `TorchEncoderSession`); None: an onnxruntime session on `onnx_path`."""
@@ -99,7 +120,8 @@ class PaddedOnnxRunner:
             if threads > 0:
                 options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-            session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+            providers = select_providers(device, ort.get_available_providers(), device_id)
+            session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         self.session = session
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -226,11 +248,14 @@ class TritonPythonModel:
         threads = int(params.get("intra_op_threads", "0")) or int(os.environ.get("BGE_TRITON_ORT_THREADS", "0"))
         # token budget per onnxruntime call: $BGE_TRITON_MAX_BATCH_TOKENS, else the config parameter
         budget = os.environ.get("BGE_TRITON_MAX_BATCH_TOKENS") or params.get("max_batch_tokens")
+        device = params.get("device", "cpu")  # cuda: the GPU of this instance (instance group KIND_GPU)
         self._runner = PaddedOnnxRunner(
             version_dir / params.get("onnx_file", "model.onnx"),
             threads=threads,
             pad_values={k: float(v) for k, v in json.loads(params.get("pad_values", "{}")).items()},
             max_batch_tokens=int(budget) if budget else DEFAULT_MAX_BATCH_TOKENS,
+            device=device,
+            device_id=int(args.get("model_instance_device_id", "0") or 0),
         )
         self._output_dtypes = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config.get("output", [])
