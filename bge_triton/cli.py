@@ -192,6 +192,20 @@ def _add_proxy_args(p: argparse.ArgumentParser, *, port_flag: str) -> None:
         default=4096,
         help="open client connections; more are closed at once (lowered to fit the descriptor limit)",
     )
+    p.add_argument(
+        "--slice-tokens",
+        type=int,
+        default=1024,
+        help="/v1/embeddings requests go to Triton in slices of about this many tokens, so a small request "
+        "waits for the slices running, not a large request's backlog (raise it on a GPU)",
+    )
+    p.add_argument(
+        "--triton-tokens",
+        type=int,
+        default=1024,
+        help="estimated tokens per model and Triton replica in flight at once, handed out in turns among "
+        "requests (raise it on a GPU)",
+    )
     p.add_argument("--request-timeout", type=float, default=60.0, help="seconds per Triton request")
     p.add_argument(
         "--api-key",
@@ -250,6 +264,8 @@ def _proxy_settings(args: argparse.Namespace, triton_urls: list[str], protocol: 
         ready_check_timeout_s=args.ready_check_timeout,
         header_timeout_s=args.header_timeout,
         max_connections=args.max_connections,
+        slice_tokens=args.slice_tokens,
+        triton_tokens=args.triton_tokens,
         request_timeout_s=args.request_timeout,
         api_keys=load_api_keys(args.api_key, args.api_key_file),
         protect_metrics=args.protect_metrics,

@@ -290,3 +290,92 @@ def test_held_partial_header_connections_are_bounded_and_closed(proxy: Service) 
     log = proxy.log_text()
     assert len(re.findall(r"connections open \(--max-connections\)", log)) == 1
     assert "Traceback" not in log
+
+
+def test_small_request_is_answered_promptly_during_a_large_one(proxy: Service) -> None:
+    """A 512-text x ~2,000-character request (every text at MiniLM's 256-token window) runs while one-text probes
+    are sent one after another: each probe waits for at most the Triton calls already running, not the big
+    request's whole backlog."""
+    import threading
+
+    texts = [(f"passage {i} " + "the quick brown fox jumps over the lazy dog " * 50)[:2000] for i in range(512)]
+    result: dict[str, object] = {}
+
+    def big() -> None:
+        started = time.monotonic()
+        response = httpx.post(f"{proxy.url}/v1/embeddings", json={"model": MODEL, "input": texts}, timeout=300)
+        result["status"], result["seconds"] = response.status_code, time.monotonic() - started
+
+    probe_body = {"model": MODEL, "input": "one short probe"}
+    alone = []
+    for _ in range(5):
+        started = time.monotonic()
+        assert httpx.post(f"{proxy.url}/v1/embeddings", json=probe_body, timeout=60).status_code == 200
+        alone.append(time.monotonic() - started)
+    thread = threading.Thread(target=big)
+    thread.start()
+    during = []
+    try:
+        time.sleep(1.0)  # the big request is under way
+        while thread.is_alive() and len(during) < 30:
+            started = time.monotonic()
+            assert httpx.post(f"{proxy.url}/v1/embeddings", json=probe_body, timeout=120).status_code == 200
+            during.append(time.monotonic() - started)
+            time.sleep(0.2)
+    finally:
+        thread.join(timeout=300)
+    during.sort()
+    print(f"probe alone: median {sorted(alone)[2]:.3f} s; during the big request ({result}): n={len(during)}, "
+          f"median {during[len(during) // 2]:.2f} s, max {during[-1]:.2f} s")  # fmt: skip
+    assert result["status"] == 200 and len(during) >= 3
+    assert during[-1] < 3.0, during
+
+
+def test_fair_gate_gives_a_newcomer_the_next_free_slot() -> None:
+    """In-process: request A queues 10 calls of the whole capacity, then B queues 1: B gets the room A frees
+    next, not A's backlog; nothing is lost when a waiter is cancelled; small turns share the capacity."""
+    import asyncio
+
+    from bge_triton.client.proxy.fair_share import FairGate
+
+    async def scenario() -> list[str]:
+        gate = FairGate(10)
+        order: list[str] = []
+        release = asyncio.Event()
+
+        async def call(owner: str, tag: str) -> None:
+            async with gate.turn(owner, 10):
+                order.append(tag)
+                await release.wait()
+
+        a = [asyncio.create_task(call("A", f"A{i}")) for i in range(10)]
+        await asyncio.sleep(0)
+        b = asyncio.create_task(call("B", "B0"))
+        cancelled = asyncio.create_task(call("C", "C0"))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(*a, b)
+        assert gate.busy == 0 and not gate.held and not gate.waiting and not gate.last_turn
+        return order
+
+    assert asyncio.run(scenario())[:3] == ["A0", "B0", "A1"]
+
+    async def small_ones_share() -> int:
+        gate = FairGate(10)
+        inside = 0
+        most = 0
+
+        async def call(owner: int) -> None:
+            nonlocal inside, most
+            async with gate.turn(owner, 2):
+                inside += 1
+                most = max(most, inside)
+                await asyncio.sleep(0.01)
+                inside -= 1
+
+        await asyncio.gather(*(call(i) for i in range(12)))
+        return most
+
+    assert asyncio.run(small_ones_share()) == 5  # 5 x 2 tokens fit in 10 at once

@@ -23,6 +23,7 @@ from .admission import admitted
 from .auth import ApiKeyAuth
 from .body_limits import BodyLimits
 from .errors import ProxyError, install_error_handlers
+from .fair_share import FairGate, embed_in_slices
 from .inputs import check_request_size, normalise_input
 from .m3_routes import install_m3_routes
 from .metrics import ProxyMetrics
@@ -47,6 +48,7 @@ def create_app(settings: ProxySettings) -> FastAPI:
     registry = ModelRegistry(settings)
     metrics = ProxyMetrics()
     decoder = TiktokenDecoder(load_cl100k()) if settings.token_ids == "tiktoken" else None
+    gates: dict[str, FairGate] = {}  # model -> its Triton calls' turns (fair_share.py)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -100,10 +102,11 @@ def create_app(settings: ProxySettings) -> FastAPI:
                 instruction = facts.query_instruction if input_type == "query" else facts.passage_instruction
                 _check_no_instruction(input_type, instruction, name)
         started = time.perf_counter()
-        if kind == "text":
-            result = await client.embed_with_usage(items, query=input_type == "query", truncate=body.truncate)
-        else:
-            result = await client.embed_token_ids(items, truncate=body.truncate)
+        gate = gates.get(name) or gates.setdefault(name, FairGate(settings.triton_tokens * len(client.clients)))
+        result = await embed_in_slices(
+            client, gate, items, ids=kind == "ids", query=input_type == "query", truncate=body.truncate,
+            slice_tokens=settings.slice_tokens,
+        )  # fmt: skip
         metrics.triton_seconds.labels(name).observe(time.perf_counter() - started)
         tokens = result.total_tokens
         request.state.tokens = tokens
@@ -145,8 +148,11 @@ def create_app(settings: ProxySettings) -> FastAPI:
         try:  # a load balancer needs an answer in time, whatever Triton does (a stopped Triton never answers)
             ok, reason, replicas = await asyncio.wait_for(registry.ready(), settings.ready_check_timeout_s)
         except TimeoutError:
-            raise ProxyError(503, f"Triton did not answer the readiness checks within {settings.ready_check_timeout_s:g} s",
-                             code="not_ready") from None  # fmt: skip
+            raise ProxyError(
+                503,
+                f"Triton did not answer the readiness checks within {settings.ready_check_timeout_s:g} s",
+                code="not_ready",
+            ) from None
         if not ok:
             raise ProxyError(503, reason, code="not_ready")
         return OrjsonResponse({"status": "ready", "models": list(registry.clients), "replicas": replicas})
