@@ -159,8 +159,13 @@ def as_id_rows(ids: Sequence[int] | Sequence[Sequence[int]] | np.ndarray) -> lis
         for value in row:
             if not _is_id(value) or int(value) < 0:
                 raise InvalidInput(f"input {index} holds {value!r}, not a token id (an int >= 0)")
+            if int(value) > _INT64_MAX:
+                raise InvalidInput(f"input {index} holds {value}, over the largest token id a model can have (2^63-1)")
         rows.append(np.asarray(row, dtype=np.int64))
     return rows
+
+
+_INT64_MAX = 2**63 - 1
 
 
 def _is_id(value: Any) -> bool:

@@ -341,3 +341,13 @@ def test_error_mapping(exc: BaseException, expected: type[EmbeddingError]) -> No
     }[expected]  # fmt: skip
     if isinstance(exc, InferenceServerException):
         assert error.message == exc.message()  # the server's own words
+
+
+@pytest.mark.parametrize("ids", [[2**63], [[1, 2], [2**64 + 7]], [[2**100]]])
+def test_token_ids_beyond_int64_raise_invalid_input(ids: list) -> None:
+    """Issue 14 §3: ids over int64 were an OverflowError (a 500 behind the proxy); they are InvalidInput."""
+    from bge_triton.client.triton_client import as_id_rows
+
+    with pytest.raises(InvalidInput, match="largest token id"):
+        as_id_rows(ids)
+    assert [row.tolist() for row in as_id_rows([[1, 2**63 - 1]])] == [[1, 2**63 - 1]]
