@@ -252,6 +252,7 @@ def _proxy_settings(args: argparse.Namespace, triton_urls: list[str], protocol: 
     return ProxySettings(
         triton_urls=tuple(triton_urls),
         protocol=protocol,
+        triton_dns_refresh_s=getattr(args, "triton_dns_refresh", 10.0),
         host=host,
         port=args.proxy_port,
         models=tuple(args.models),
@@ -408,7 +409,14 @@ def _add_serve_proxy(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         help="Triton's gRPC (or HTTP) address, host:port (default 127.0.0.1:8001); repeat it, or separate "
-        "with commas, for replicas of the same repository: round-robin with failover",
+        "with commas, for replicas of the same repository: round-robin with failover; dns:HOST:PORT: every address "
+        "HOST resolves to (a Kubernetes headless Service), re-resolved every --triton-dns-refresh seconds",
+    )
+    p.add_argument(
+        "--triton-dns-refresh",
+        type=float,
+        default=10.0,
+        help="seconds between re-resolutions of a dns:HOST:PORT --triton-url (replicas that appear or go)",
     )
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="how the proxy talks to Triton")
     p.add_argument("--host", default="127.0.0.1", help="address the proxy binds (0.0.0.0: every interface)")

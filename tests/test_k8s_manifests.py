@@ -12,6 +12,7 @@ import yaml
 from conftest import dockerfile_entrypoint
 
 from bge_triton.cli import build_parser
+from bge_triton.client.proxy.dns_replicas import parse_dns_url
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -215,9 +216,12 @@ def test_proxy_deployment_and_service() -> None:
     assert (args.host, args.proxy_port) == ("0.0.0.0", 8080)
     urls = args.triton_url if isinstance(args.triton_url, list) else [args.triton_url]  # repeatable or single
     (url,) = urls
-    host, port = url.rsplit(":", 1)
-    assert host == "bge-triton-triton" and int(port) == 8001  # Triton's Service, gRPC port
-    assert 8001 in _service_ports("bge-triton-triton")
+    # Every Triton pod through the headless Service (client-side round-robin), not one pinned gRPC channel.
+    assert parse_dns_url(url) == ("bge-triton-triton-headless", 8001)
+    headless = _get("Service", "bge-triton-triton-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert {p["port"]: p["targetPort"] for p in headless["spec"]["ports"]} == {8001: "grpc"}
+    assert _selects("bge-triton-triton-headless", "bge-triton-triton")
     assert pod["terminationGracePeriodSeconds"] > args.grace_period >= 30
 
     assert c["readinessProbe"]["httpGet"]["path"] == "/ready"

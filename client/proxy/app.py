@@ -52,6 +52,7 @@ def create_app(settings: ProxySettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        registry.start_refresh()
         try:
             await registry.discover()
         except Exception as exc:  # Triton may start after us; /ready says so meanwhile

@@ -16,6 +16,7 @@ from bge_triton.model_facts import ModelFacts
 
 from ..errors import EmbeddingError
 from ..triton_client import AsyncEmbeddingClient, list_models_async
+from .dns_replicas import Resolver, expand_urls, parse_dns_url, resolve_addresses
 from .errors import ProxyError
 from .replicas import ReplicaSet
 from .settings import ProxySettings
@@ -48,19 +49,68 @@ class ModelRegistry:
     """Served names (and aliases) -> replica sets. Discovery is retried until a Triton answers, so
     the proxy can start before Triton and `/ready` tells when both are up."""
 
-    def __init__(self, settings: ProxySettings):
+    def __init__(self, settings: ProxySettings, resolver: Resolver = resolve_addresses):
         self.settings = settings
         self.clients: dict[str, ReplicaSet] = {}
         self._lock = asyncio.Lock()
+        self._resolver = resolver
+        self.urls: list[str] = list(settings.triton_urls)  # with dns: entries resolved (refresh_urls)
+        self._refresher: asyncio.Task[None] | None = None
+
+    @property
+    def uses_dns(self) -> bool:
+        return any(parse_dns_url(url) for url in self.settings.triton_urls)
+
+    def _client(self, url: str, name: str) -> AsyncEmbeddingClient:
+        return AsyncEmbeddingClient(
+            url,
+            self.settings.protocol,  # type: ignore[arg-type]
+            name,
+            timeout_s=self.settings.request_timeout_s,
+            max_concurrency=self.settings.triton_concurrency,
+            retries=3 if len(self.urls) == 1 and not self.uses_dns else 0,  # with replicas, failover is the retry
+        )
+
+    async def refresh_urls(self) -> list[str]:
+        """Re-resolve `dns:` URLs; replicas that appeared get clients, vanished ones lose theirs."""
+        urls = await expand_urls(self.settings.triton_urls, self._resolver)
+        if not urls:  # a resolution that found nothing keeps what worked last
+            return self.urls
+        added, gone = [u for u in urls if u not in self.urls], [u for u in self.urls if u not in urls]
+        self.urls = urls
+        for name, replicas in self.clients.items():
+            for url in added:
+                replicas.add(url, self._client(url, name))
+            for url in gone:
+                await replicas.remove(url)
+        if self.clients and (added or gone):
+            log.info("Triton replicas from DNS: %s (added %s, removed %s)", ", ".join(urls), added or "-", gone or "-")
+        return urls
+
+    def start_refresh(self) -> None:
+        """With `dns:` URLs, re-resolve them every `triton_dns_refresh_s` seconds until `close`."""
+        if self.uses_dns and self._refresher is None:
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.triton_dns_refresh_s)
+            try:
+                await self.refresh_urls()
+            except Exception as exc:  # never let one failed resolution stop the loop
+                log.warning("re-resolving Triton's DNS name failed: %s", exc)
 
     async def _list_models(self) -> dict[str, ModelFacts]:
+        if self.uses_dns:
+            await self.refresh_urls()
         error: EmbeddingError | None = None
-        for url in self.settings.triton_urls:
+        for url in self.urls:
             try:
                 return await list_models_async(url, self.settings.protocol)  # type: ignore[arg-type]
             except EmbeddingError as exc:
                 error = exc
-        assert error is not None
+        if error is None:
+            raise ProxyError(503, "no Triton address resolved yet", code="triton_unavailable")
         raise error
 
     async def discover(self) -> None:
@@ -76,20 +126,10 @@ class ModelRegistry:
             if missing:
                 raise ProxyError(503, f"Triton serves no embedding model named {', '.join(missing)}",
                                  code="model_not_served")  # fmt: skip
-            urls = self.settings.triton_urls
+            urls = self.urls
             sets = {}
             for name in wanted:
-                clients = {
-                    url: AsyncEmbeddingClient(
-                        url,
-                        self.settings.protocol,  # type: ignore[arg-type]
-                        name,
-                        timeout_s=self.settings.request_timeout_s,
-                        max_concurrency=self.settings.triton_concurrency,
-                        retries=3 if len(urls) == 1 else 0,  # with replicas, failover is the retry
-                    )
-                    for url in urls
-                }
+                clients = {url: self._client(url, name) for url in urls}
                 connected = await asyncio.gather(*(c.connect() for c in clients.values()), return_exceptions=True)
                 if all(isinstance(c, BaseException) for c in connected):
                     raise next(c for c in connected if isinstance(c, BaseException))
@@ -172,5 +212,7 @@ class ModelRegistry:
         return True, "ready", replicas
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
         await asyncio.gather(*(r.close() for r in self.clients.values()), return_exceptions=True)
         self.clients = {}

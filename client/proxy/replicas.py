@@ -27,14 +27,26 @@ FAILOVER_ERRORS = (ServerUnavailable, ModelNotReady)
 
 class ReplicaSet:
     def __init__(self, clients: dict[str, AsyncEmbeddingClient], cooldown_s: float = 2.0):
-        self.clients = clients  # Triton URL -> client of this model there
+        self.clients = clients  # Triton URL -> client of this model there (the first one connected)
         self.cooldown_s = cooldown_s
         self._down_until: dict[str, float] = {}
         self._turn = itertools.count()
+        self._facts = next(iter(clients.values())).facts  # the same repository everywhere
 
     @property
     def facts(self) -> ModelFacts:
-        return next(iter(self.clients.values())).facts
+        return self._facts
+
+    def add(self, url: str, client: AsyncEmbeddingClient) -> None:
+        """A replica that appeared (DNS): it connects on its first request."""
+        self.clients[url] = client
+
+    async def remove(self, url: str) -> None:
+        """A replica that disappeared (DNS); the last one stays, so a model is never left without a client."""
+        if url in self.clients and len(self.clients) > 1:
+            client = self.clients.pop(url)
+            self._down_until.pop(url, None)
+            await client.close()
 
     def _order(self) -> list[str]:
         urls = list(self.clients)

@@ -18,6 +18,8 @@ class ProxySettings:
     # round-robin and fail over to another replica when one is unavailable.
     triton_urls: tuple[str, ...] = ("127.0.0.1:8001",)
     protocol: str = "grpc"  # how the proxy talks to Triton: grpc or http
+    # `dns:HOST:PORT` in triton_urls: every address HOST resolves to (a headless Service), re-resolved this often.
+    triton_dns_refresh_s: float = 10.0
     host: str = "127.0.0.1"
     port: int = 8080
     # Served models; empty = every model in the repository that carries model facts.
