@@ -96,6 +96,11 @@ _MESSAGE_PATTERNS: tuple[tuple[re.Pattern[str], type[EmbeddingError]], ...] = (
     (re.compile(r"model.*(is not ready|has no available versions)|unavailable model", re.I), ModelNotReady),
     # A Python-backend stub that died: its model cannot answer until it is restarted (the supervisor does).
     (re.compile(r"stub process .* is not healthy", re.I), ModelNotReady),
+    # The server going away mid-request (a restart, a SIGKILL): the connection, not the request, failed.
+    (
+        re.compile(r"server is stopping|rst_stream|socket closed|stream removed|connection reset|goaway", re.I),
+        ServerUnavailable,
+    ),
     (re.compile(r"unknown model|model.*is not found", re.I), ModelNotFound),
     (re.compile(r"deadline exceeded|timed out", re.I), RequestTimeout),
     (re.compile(r"invalid input|invalid argument|unexpected shape|batch-size must be", re.I), InvalidInput),
@@ -103,6 +108,7 @@ _MESSAGE_PATTERNS: tuple[tuple[re.Pattern[str], type[EmbeddingError]], ...] = (
 
 _GRPC_CODES: dict[str, type[EmbeddingError]] = {
     "UNAVAILABLE": ServerUnavailable,
+    "CANCELLED": ServerUnavailable,  # the server's side of the call went away (the proxy never cancels its own)
     "NOT_FOUND": ModelNotFound,
     "INVALID_ARGUMENT": InvalidInput,
     "OUT_OF_RANGE": InvalidInput,

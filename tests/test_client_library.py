@@ -327,6 +327,21 @@ def test_empty_list_and_single_string(mode: str, protocol: str, triton: TritonOp
         (InferenceServerException("batch-size must be <= 64", "StatusCode.INVALID_ARGUMENT"), InvalidInput),
         (InferenceServerException("in ensemble 'x', invalid input: TEXT[0] is not valid UTF-8", "500"), InvalidInput),
         (InferenceServerException("onnxruntime failed", "StatusCode.INTERNAL"), ServerError),
+        # A server going away mid-request (issue 14: a stub or server restart must never be a 500).
+        (
+            InferenceServerException("in ensemble 'x', Stub process 'x-tokenizer_0_0' is not healthy.", "500"),
+            ModelNotReady,
+        ),
+        (
+            InferenceServerException(
+                "Server is stopping, scheduler for model has stopped accepting new inference requests",
+                "StatusCode.INTERNAL",
+            ),
+            ServerUnavailable,
+        ),
+        (InferenceServerException("Received RST_STREAM with error code 2", "StatusCode.INTERNAL"), ServerUnavailable),
+        (InferenceServerException("Socket closed", "StatusCode.UNKNOWN"), ServerUnavailable),
+        (InferenceServerException("Cancelled", "StatusCode.CANCELLED"), ServerUnavailable),
         (ConnectionRefusedError(111, "Connection refused"), ServerUnavailable),
         (TimeoutError("timed out"), RequestTimeout),
         (RuntimeError("boom"), ServerError),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http
+import logging
 import re
 
 from fastapi import FastAPI, Request
@@ -24,6 +25,7 @@ from ..errors import (
 from .schemas import error_body
 
 # status -> OpenAI error `type`
+log = logging.getLogger("bge_triton.proxy")
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -88,6 +90,8 @@ def from_embedding_error(exc: EmbeddingError) -> ProxyError:
     if isinstance(exc, Overloaded):
         return ProxyError(429, exc.message, code=code)
     status = exc.status if exc.status in ERROR_TYPES else 500
+    if status == 500:  # what Triton said, for whoever reads the log of a 500
+        log.warning("Triton error answered 500: %s: %s", type(exc).__name__, exc.message)
     return ProxyError(status, exc.message, code=code)
 
 
