@@ -198,7 +198,13 @@ def _read_until_closed(sock: socket.socket) -> bytes:
 
 def _tritonserver(options: TritonOptions) -> psutil.Process:
     flag = f"--grpc-port={options.grpc_port}"
-    found = [p for p in psutil.Process().children(recursive=True) if flag in p.cmdline()]
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:  # other tests' exited children may linger as zombies (no command line)
+            if flag in child.cmdline():
+                found.append(child)
+        except psutil.Error:
+            continue
     assert len(found) == 1, found
     return found[0]
 
