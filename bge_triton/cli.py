@@ -488,7 +488,7 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from bge_triton.bench.harness import ALL_SYSTEMS
+    from bge_triton.bench.harness import ALL_SYSTEMS, EXTRA_SYSTEMS
 
     p = sub.add_parser(
         "bench",
@@ -508,12 +508,21 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--workload",
         default="sentence",
-        choices=("short", "sentence", "passage", "full", "long", "mix"),
-        help="tokens per text: short 16, sentence 64, passage 256, full 512, long 8192 (capped at the model's "
-        "window), mix",
+        choices=("short", "sentence", "medium", "passage", "full", "long", "mix"),
+        help="tokens per text: short 16, sentence 64, medium 128, passage 256, full 512, long 8192 (capped at the "
+        "model's window), mix",
     )
     p.add_argument(
-        "--systems", default=",".join(ALL_SYSTEMS), help=f"comma-separated subset of: {', '.join(ALL_SYSTEMS)}"
+        "--systems",
+        default=",".join(ALL_SYSTEMS),
+        help=f"comma-separated subset of: {', '.join(ALL_SYSTEMS + EXTRA_SYSTEMS)} (torch: the torch engine "
+        "in-process, from --checkpoint)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where sentence-transformers and the torch engine run in-process (cuda: FP16)",
     )
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="thread budget of every system")
     p.add_argument("--texts", type=int, default=256, help="texts in the saturation run")
@@ -525,21 +534,21 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from bge_triton.bench.harness import ALL_SYSTEMS, RESULTS_DIR, BenchOptions, run_bench
+    from bge_triton.bench.harness import ALL_SYSTEMS, EXTRA_SYSTEMS, RESULTS_DIR, BenchOptions, run_bench
     from bge_triton.default_repository import ensure_default_repository
     from bge_triton.export.checkpoint import embedded_default_dir
 
     repository = args.repository or ensure_default_repository()
     model = args.model or _only_model(repository)
     systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
-    unknown = [s for s in systems if s not in ALL_SYSTEMS]
+    unknown = [s for s in systems if s not in ALL_SYSTEMS + EXTRA_SYSTEMS]
     if unknown:
-        print(f"error: unknown systems {unknown} (choose from {ALL_SYSTEMS})", file=sys.stderr)
+        print(f"error: unknown systems {unknown} (choose from {ALL_SYSTEMS + EXTRA_SYSTEMS})", file=sys.stderr)
         return 2
     opts = BenchOptions(
         checkpoint=args.checkpoint or embedded_default_dir(), repository=repository, model=model,
         workload=args.workload, systems=systems, threads=args.threads, texts=args.texts, queries=args.queries,
-        batch=args.batch, concurrency=args.concurrency, out_dir=args.out or RESULTS_DIR,
+        batch=args.batch, concurrency=args.concurrency, out_dir=args.out or RESULTS_DIR, device=args.device,
     )  # fmt: skip
     report = run_bench(opts)
     failed = [name for name, r in report["systems"].items() if "error" in r]  # type: ignore[union-attr]
