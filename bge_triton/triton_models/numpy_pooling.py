@@ -10,17 +10,16 @@ Parameters: `pooling` (cls | mean | max | lasttoken), `normalize` (true | false)
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 try:
-    from bge_triton.triton_models.onnx_runner import SEQUENCE_AXIS_NAME, PaddedOnnxRunner, TensorInfo
+    from bge_triton.triton_models.onnx_runner import SEQUENCE_AXIS_NAME, PaddedOnnxRunner, RunnerModel, TensorInfo
 except ImportError:  # copied into a model folder where the package is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from onnx_runner import SEQUENCE_AXIS_NAME, PaddedOnnxRunner, TensorInfo
+    from onnx_runner import SEQUENCE_AXIS_NAME, PaddedOnnxRunner, RunnerModel, TensorInfo
 
 POOLING_MODES = ("cls", "mean", "max", "lasttoken")
 
@@ -71,20 +70,8 @@ def numpy_pooling_runner(mode: str, normalize: bool) -> PaddedOnnxRunner:
     return PaddedOnnxRunner(None, session=NumpyPoolingSession(mode, normalize))
 
 
-class TritonPythonModel:
-    def initialize(self, args: dict[str, str]) -> None:
-        import triton_python_backend_utils as pb_utils  # only inside Triton
+class TritonPythonModel(RunnerModel):
+    what = "pooling"
 
-        self._pb = pb_utils
-        params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
-        self._runner = numpy_pooling_runner(params["pooling"], params.get("normalize", "true") == "true")
-
-    def execute(self, requests: list) -> list:
-        pb = self._pb
-        names = self._runner.input_names
-        feeds = [{n: pb.get_input_tensor_by_name(request, n).as_numpy() for n in names} for request in requests]
-        try:
-            answers = self._runner.run(feeds)
-        except Exception as exc:  # answer the batch with the error rather than crash the stub
-            return [pb.InferenceResponse(error=pb.TritonError(f"pooling failed: {exc}")) for _ in requests]
-        return [pb.InferenceResponse(output_tensors=[pb.Tensor("embedding", a["embedding"])]) for a in answers]
+    def make_runner(self, args: dict[str, str], params: dict[str, str], version_dir: Path) -> PaddedOnnxRunner:
+        return numpy_pooling_runner(params["pooling"], params.get("normalize", "true") == "true")

@@ -236,42 +236,35 @@ def _has_sequence_axis(shape: list) -> bool:
     return len(shape) >= 2 and shape[1] == SEQUENCE_AXIS_NAME
 
 
-class TritonPythonModel:
+class RunnerModel:
+    """A Triton Python model around a `PaddedOnnxRunner`: every request's inputs in, the runner over all of them,
+    each request's outputs back in the config's dtypes. Subclasses build the runner (`make_runner`); `what` names
+    the engine in error messages."""
+
+    what = "onnxruntime"
+
     def initialize(self, args: dict[str, str]) -> None:
         import triton_python_backend_utils as pb_utils  # only inside Triton
 
         self._pb = pb_utils
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        # intra-op threads: the config parameter, else $BGE_TRITON_ORT_THREADS, else onnxruntime's default
-        threads = int(params.get("intra_op_threads", "0")) or int(os.environ.get("BGE_TRITON_ORT_THREADS", "0"))
-        # token budget per onnxruntime call: $BGE_TRITON_MAX_BATCH_TOKENS, else the config parameter
-        budget = os.environ.get("BGE_TRITON_MAX_BATCH_TOKENS") or params.get("max_batch_tokens")
-        device = params.get("device", "cpu")  # cuda: the GPU of this instance (instance group KIND_GPU)
-        self._runner = PaddedOnnxRunner(
-            version_dir / params.get("onnx_file", "model.onnx"),
-            threads=threads,
-            pad_values={k: float(v) for k, v in json.loads(params.get("pad_values", "{}")).items()},
-            max_batch_tokens=int(budget) if budget else DEFAULT_MAX_BATCH_TOKENS,
-            device=device,
-            device_id=int(args.get("model_instance_device_id", "0") or 0),
-        )
+        self._runner = self.make_runner(args, params, Path(args["model_repository"]) / args["model_version"])
         self._output_dtypes = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config.get("output", [])
         }
 
+    def make_runner(self, args: dict[str, str], params: dict[str, str], version_dir: Path) -> PaddedOnnxRunner:
+        raise NotImplementedError
+
     def execute(self, requests: list) -> list:
         pb = self._pb
-        feeds: list[dict[str, np.ndarray]] = []
-        for request in requests:
-            feeds.append(
-                {name: pb.get_input_tensor_by_name(request, name).as_numpy() for name in self._runner.input_names}
-            )
+        names = self._runner.input_names
+        feeds = [{n: pb.get_input_tensor_by_name(request, n).as_numpy() for n in names} for request in requests]
         try:
             answers = self._runner.run(feeds)
         except Exception as exc:  # answer the batch with the error rather than crash the stub
-            return [pb.InferenceResponse(error=pb.TritonError(f"onnxruntime failed: {exc}")) for _ in requests]
+            return [pb.InferenceResponse(error=pb.TritonError(f"{self.what} failed: {exc}")) for _ in requests]
         return [
             pb.InferenceResponse(
                 output_tensors=[
@@ -281,3 +274,23 @@ class TritonPythonModel:
             )
             for answer in answers
         ]
+
+
+def budget_param(params: dict[str, str]) -> int:
+    """The token budget per call: $BGE_TRITON_MAX_BATCH_TOKENS, else the config parameter, else the default."""
+    budget = os.environ.get("BGE_TRITON_MAX_BATCH_TOKENS") or params.get("max_batch_tokens")
+    return int(budget) if budget else DEFAULT_MAX_BATCH_TOKENS
+
+
+class TritonPythonModel(RunnerModel):
+    def make_runner(self, args: dict[str, str], params: dict[str, str], version_dir: Path) -> PaddedOnnxRunner:
+        # intra-op threads: the config parameter, else $BGE_TRITON_ORT_THREADS, else onnxruntime's default
+        threads = int(params.get("intra_op_threads", "0")) or int(os.environ.get("BGE_TRITON_ORT_THREADS", "0"))
+        return PaddedOnnxRunner(
+            version_dir / params.get("onnx_file", "model.onnx"),
+            threads=threads,
+            pad_values={k: float(v) for k, v in json.loads(params.get("pad_values", "{}")).items()},
+            max_batch_tokens=budget_param(params),
+            device=params.get("device", "cpu"),  # cuda: the GPU of this instance (instance group KIND_GPU)
+            device_id=int(args.get("model_instance_device_id", "0") or 0),
+        )

@@ -12,7 +12,6 @@ Parameters: `checkpoint_dir` (the Hugging Face checkpoint copied into the versio
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -23,11 +22,20 @@ try:
         DEFAULT_MAX_BATCH_TOKENS,
         SEQUENCE_AXIS_NAME,
         PaddedOnnxRunner,
+        RunnerModel,
         TensorInfo,
+        budget_param,
     )
 except ImportError:  # copied into a model folder where the package is not installed (the NGC image)
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # export copies onnx_runner.py beside this file
-    from onnx_runner import DEFAULT_MAX_BATCH_TOKENS, SEQUENCE_AXIS_NAME, PaddedOnnxRunner, TensorInfo
+    from onnx_runner import (
+        DEFAULT_MAX_BATCH_TOKENS,
+        SEQUENCE_AXIS_NAME,
+        PaddedOnnxRunner,
+        RunnerModel,
+        TensorInfo,
+        budget_param,
+    )
 
 OUTPUT_NAME = "last_hidden_state"
 
@@ -74,38 +82,18 @@ def torch_runner(
     return PaddedOnnxRunner(None, session=session, pad_values=pad_values, max_batch_tokens=max_batch_tokens)
 
 
-class TritonPythonModel:
-    def initialize(self, args: dict[str, str]) -> None:
-        import triton_python_backend_utils as pb_utils  # only inside Triton
+class TritonPythonModel(RunnerModel):
+    what = "torch encoder"
 
-        self._pb = pb_utils
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        version_dir = Path(args["model_repository"]) / args["model_version"]
+    def make_runner(self, args: dict[str, str], params: dict[str, str], version_dir: Path) -> PaddedOnnxRunner:
         device = params.get("device", "cpu")
         if device == "cuda":  # the GPU of this instance (instance group KIND_GPU)
             device = f"cuda:{args.get('model_instance_device_id', '0')}"
-        budget = os.environ.get("BGE_TRITON_MAX_BATCH_TOKENS") or params.get("max_batch_tokens")
-        self._runner = torch_runner(
+        return torch_runner(
             version_dir / params.get("checkpoint_dir", "checkpoint"),
             json.loads(params["input_names"]),
             device=device,
             dtype=params.get("dtype", "fp32"),
-            max_batch_tokens=int(budget) if budget else DEFAULT_MAX_BATCH_TOKENS,
+            max_batch_tokens=budget_param(params),
             pad_values={k: float(v) for k, v in json.loads(params.get("pad_values", "{}")).items()},
         )
-
-    def execute(self, requests: list) -> list:
-        pb = self._pb
-        names = self._runner.input_names
-        feeds = [{n: pb.get_input_tensor_by_name(request, n).as_numpy() for n in names} for request in requests]
-        try:
-            answers = self._runner.run(feeds)
-        except Exception as exc:  # answer the batch with the error rather than crash the stub
-            return [pb.InferenceResponse(error=pb.TritonError(f"torch encoder failed: {exc}")) for _ in requests]
-        return [
-            pb.InferenceResponse(
-                output_tensors=[pb.Tensor(OUTPUT_NAME, np.ascontiguousarray(answer[OUTPUT_NAME], dtype=np.float32))]
-            )
-            for answer in answers
-        ]
