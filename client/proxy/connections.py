@@ -8,7 +8,9 @@ resource" with a traceback on every accept attempt. Here:
   sending the first bytes of its next request) is closed;
 - past `max_connections` open connections a new one is closed at once (what uvicorn's `limit_concurrency`
   cannot do: it answers 503 but keeps the connection and its descriptor), kept below the descriptor limit;
-- the out-of-descriptors line of the event loop is logged once per `LOG_INTERVAL_S` with the count since.
+- the out-of-descriptors line of the event loop is logged once per `LOG_INTERVAL_S` with the count since;
+- a response's status line and headers leave in the same write as the first body bytes (`HeadWithBodyTransport`),
+  so a proxy killed between the two never leaves nginx holding a header it can no longer retry elsewhere.
 
 A reverse proxy in front (nginx: `client_header_timeout`, `limit_conn`) is the other place for these bounds.
 """
@@ -65,13 +67,48 @@ def connection_cap(wanted: int) -> int:
     return max(1, min(wanted, raise_descriptor_limit() - DESCRIPTOR_RESERVE))
 
 
+class HeadWithBodyTransport:
+    """A transport that holds a final response head (status line + headers) until the next write, and sends both
+    in one `write`.
+
+    uvicorn writes the head when the app sends `http.response.start` and the body at the next ASGI message, which
+    middleware may deliver a loop turn later. A process killed in between leaves its peer with a head and no body:
+    nginx has then already answered its client's header and cannot retry the request on another proxy, so the
+    client sees a broken response. Informational heads (`100 Continue`) pass at once: the client waits for them.
+    """
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        self._inner = inner
+        self._held = b""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        data = bytes(data)
+        if self._held:
+            data, self._held = self._held + data, b""
+        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 1") and data.endswith(b"\r\n\r\n"):
+            self._held = data
+            return
+        if data:
+            self._inner.write(data)
+
+    def close(self) -> None:
+        if self._held:
+            data, self._held = self._held, b""
+            self._inner.write(data)
+        self._inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def bounded_protocol(header_timeout_s: float, max_connections: int) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a header timeout and a connection cap (pass as `uvicorn.Config(http=...)`)."""
+    """uvicorn's h11 protocol with a header timeout, a connection cap and each response's head sent with its body
+    (pass as `uvicorn.Config(http=...)`)."""
     refused = RateLimitedWarning()
 
     class BoundedH11Protocol(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            super().connection_made(HeadWithBodyTransport(transport))  # type: ignore[arg-type]
             self._head_timer: asyncio.TimerHandle | None = None
             if len(self.connections) > max_connections:
                 refused("%d connections open (--max-connections): closing new ones", len(self.connections) - 1)
