@@ -5,50 +5,36 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import numpy as np
-import orjson
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bge_triton import __version__
 
-from ..triton_client import EmbeddingResult
 from .access_log import AccessLog
 from .admission import admitted
 from .auth import ApiKeyAuth
 from .body_limits import BodyLimits
+from .embedding_service import EmbeddingService
 from .errors import ProxyError, install_error_handlers
-from .fair_share import FairGate, embed_in_slices
-from .inputs import check_request_size, normalise_input
+from .json_response import OrjsonResponse
 from .m3_routes import install_m3_routes
 from .metrics import ProxyMetrics
-from .registry import InputType, ListedName, ModelRegistry, Resolved
+from .registry import ListedName, ModelRegistry
 from .schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelCard, ModelList
 from .settings import ProxySettings
-from .token_ids import TiktokenDecoder, load_cl100k, refuse_token_ids
 from .ui_routes import install_ui_routes
 
 log = logging.getLogger("bge_triton.proxy")
 ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 408, 413, 429, 503)}
 
 
-class OrjsonResponse(JSONResponse):
-    """JSON with numpy arrays written directly (embeddings are most of the bytes)."""
-
-    def render(self, content: object) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
 def create_app(settings: ProxySettings) -> FastAPI:
     registry = ModelRegistry(settings)
     metrics = ProxyMetrics()
-    decoder = TiktokenDecoder(load_cl100k()) if settings.token_ids == "tiktoken" else None
-    gates: dict[str, FairGate] = {}  # model -> its Triton calls' turns (fair_share.py)
+    service = EmbeddingService(registry, settings, metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -70,6 +56,7 @@ def create_app(settings: ProxySettings) -> FastAPI:
     )
     app.state.registry = registry
     app.state.metrics = metrics
+    app.state.embedding_service = service
     app.state.in_flight = 0
     install_error_handlers(app, settings.retry_after_s)
     app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
@@ -83,37 +70,12 @@ def create_app(settings: ProxySettings) -> FastAPI:
             return await _embed(body, request)
 
     async def _embed(body: EmbeddingRequest, request: Request) -> Response:
-        target = await registry.resolve(body.model)
-        name, client = target.name, target.replicas
-        request.state.model = name
-        facts = client.facts
-        input_type = _input_type(body.input_type, target)
-        kind, items = normalise_input(body.input, settings.max_inputs)
-        request.state.inputs = len(items)
-        check_request_size(items, settings.max_request_chars)
-        if body.dimensions is not None and body.dimensions > facts.dim:
-            raise ProxyError(400, f"dimensions must be at most {facts.dim} for {name}", param="dimensions",
-                             code="invalid_value")  # fmt: skip
-        if kind == "ids":
-            if settings.token_ids == "off":
-                raise refuse_token_ids()
-            if decoder is not None:  # OpenAI cl100k_base ids: embed the text they encode
-                kind, items = "text", decoder.decode(items, body.model)
-            elif body.input_type or target.input_type:
-                instruction = facts.query_instruction if input_type == "query" else facts.passage_instruction
-                _check_no_instruction(input_type, instruction, name)
-        started = time.perf_counter()
-        gate = gates.get(name) or gates.setdefault(name, FairGate(settings.triton_tokens * len(client.clients)))
-        result = await embed_in_slices(
-            client, gate, items, ids=kind == "ids", query=input_type == "query", truncate=body.truncate,
-            slice_tokens=settings.slice_tokens,
+        embedded = await service.embed(
+            body.model, body.input, input_type=body.input_type, truncate=body.truncate, dimensions=body.dimensions,
+            state=request.state,
         )  # fmt: skip
-        metrics.triton_seconds.labels(name).observe(time.perf_counter() - started)
-        tokens = result.total_tokens
-        request.state.tokens = tokens
-        metrics.inputs.labels(name).observe(len(items))
-        metrics.tokens.labels(name).observe(tokens)
-        vectors = _shorten(result, body.dimensions)
+        tokens = embedded.tokens
+        vectors = embedded.vectors
         if body.encoding_format == "base64":
             data = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
         else:
@@ -180,33 +142,3 @@ def _card(listed: ListedName) -> ModelCard:
         query_instruction=facts.query_instruction, passage_instruction=facts.passage_instruction, m3=facts.m3_heads,
         parent=listed.parent, input_type=listed.input_type, score_bands=facts.score_bands_dict(),
     )  # fmt: skip
-
-
-def _input_type(explicit: InputType | None, target: Resolved) -> InputType:
-    """The body's `input_type`, else the one the model name's suffix implies, else passage."""
-    if explicit is not None and target.input_type is not None and explicit != target.input_type:
-        raise ProxyError(
-            400, f"input_type '{explicit}' contradicts the model name, which selects '{target.input_type}': "
-            f"leave input_type out, or use the model '{target.name}'", param="input_type", code="input_type_conflict",
-        )  # fmt: skip
-    return explicit or target.input_type or "passage"
-
-
-def _check_no_instruction(input_type: InputType, instruction: str, name: str) -> None:
-    """Token ids (--token-ids model) are embedded as given: an instruction asked for cannot be put in front."""
-    if instruction:
-        raise ProxyError(
-            400, f"token ids are embedded as given, so {name}'s {input_type} instruction ({instruction!r}) cannot be "
-            f"put in front of them: send text, or include the instruction's tokens in the ids and leave out "
-            f"input_type and the '-{input_type}' model name", param="input_type",
-            code="instruction_with_token_ids",
-        )  # fmt: skip
-
-
-def _shorten(result: EmbeddingResult, dimensions: int | None) -> np.ndarray:
-    vectors = result.vectors
-    if dimensions is None or dimensions == vectors.shape[1]:
-        return vectors
-    short = vectors[:, :dimensions]
-    norms = np.linalg.norm(short, axis=1, keepdims=True)
-    return (short / np.maximum(norms, 1e-12)).astype(np.float32)

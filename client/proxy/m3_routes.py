@@ -19,6 +19,7 @@ from ..m3_scoring import M3Vectors, M3Weights, Mode, score_passages
 from .admission import admitted
 from .errors import ProxyError
 from .inputs import check_request_size, normalise_texts
+from .json_response import OrjsonResponse
 from .metrics import ProxyMetrics
 from .registry import ModelRegistry
 from .replicas import ReplicaSet
@@ -31,7 +32,6 @@ def _b64(array: np.ndarray, dtype: str) -> str:
 
 
 def install_m3_routes(app: FastAPI, registry: ModelRegistry, settings: ProxySettings, metrics: ProxyMetrics) -> None:
-    from .app import OrjsonResponse  # the app module's JSON response class (imported late: app imports us)
 
     async def m3_model(requested: str | None, request: Request) -> tuple[str, ReplicaSet]:
         if requested is None:

@@ -28,6 +28,7 @@ from ..triton_client import TokenizedText
 from .admission import admitted
 from .errors import ProxyError
 from .inputs import check_request_size, normalise_texts
+from .json_response import OrjsonResponse
 from .metrics import ProxyMetrics
 from .registry import ModelRegistry
 from .replicas import ReplicaSet
@@ -79,7 +80,6 @@ def token_rows(tokenized: TokenizedText) -> list[dict[str, object]]:
 def install_tokenize_route(
     app: FastAPI, registry: ModelRegistry, settings: ProxySettings, metrics: ProxyMetrics
 ) -> None:
-    from .app import OrjsonResponse  # imported late: app imports the module that installs us
 
     async def resolve(requested: str | None, request: Request) -> tuple[str, ReplicaSet]:
         if requested is None:
