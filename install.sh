@@ -3,7 +3,8 @@
 #   ./install.sh                      the service and its tests
 #   ./install.sh --with-bench-tools   also the benchmark peers (NVIDIA perf_analyzer, infinity-emb) and
 #                                     Debian's nginx for the load-balancer test and Debian's chromium for
-#                                     the web page's browser test
+#                                     the web page's browser test, and Debian's redis-server for the shared
+#                                     vector cache's test
 #   ./install.sh --relock             re-resolve every dependency from pyproject.toml's ranges in throwaway venvs,
 #                                     rewrite constraints.txt and bench/infinity-constraints.txt, then install
 # torch is pinned first so pip takes the local CPU wheel where one exists (TORCH_SPEC overrides it).
@@ -49,5 +50,5 @@ echo "installed bge-triton into $(pwd)/.venv ($(.venv/bin/python -c 'import torc
 if [ "${1:-}" = "--with-bench-tools" ]; then
   PATH="$(pwd)/.venv/bin:$PATH" bash bench/install_perf_analyzer.sh
   bash bench/install_infinity.sh
-  bash deploy/install_debian_packages.sh nginx chromium fonts-wqy-microhei
+  bash deploy/install_debian_packages.sh nginx chromium fonts-wqy-microhei redis-server
 fi

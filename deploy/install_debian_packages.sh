@@ -4,6 +4,7 @@
 #   chromium              the web page's browser test (tests/test_web_ui.py: Playwright from PyPI with
 #                         executable_path=/usr/bin/chromium; `playwright install` is never run)
 #   fonts-wqy-microhei    Chinese text in the page's screenshots instead of boxes
+#   redis-server          the proxy's shared vector cache (tests/test_vector_cache.py starts one on loopback)
 # Usage: install_debian_packages.sh PACKAGE...   Idempotent: installs only the missing ones, with apt-get as
 # root; otherwise prints the command (the tests that need them then skip). policy-rc.d keeps dpkg from starting
 # any service (nginx would take ports 80/443).
