@@ -17,6 +17,9 @@ from typing import Any, Literal
 
 Pooling = Literal["cls", "mean", "max", "lasttoken"]
 POOLING_MODES: tuple[str, ...] = ("cls", "mean", "max", "lasttoken")
+# What the export serves: text -> vector ("embed"), or (query, document) -> one relevance logit ("rerank": a
+# cross-encoder, `*ForSequenceClassification` with one label; export/rerank_export.py).
+TASKS: tuple[str, ...] = ("embed", "rerank")
 
 FACTS_FILE = "model_facts.json"
 # FlagEmbedding's BGEM3FlagModel head weights (torch Linear state dicts) in a bge-m3 checkpoint.
@@ -63,6 +66,8 @@ class ModelFacts:
     # What a cosine means for this model: its scores on human-rated STS pairs per language, measured at export
     # (export/score_bands.py), as compact JSON; "" when not measured (older exports).
     score_bands: str = ""
+    # "embed" or "rerank" (TASKS); a reranker's `dim` is its one score, its pooling and normalize are unused.
+    task: str = "embed"
 
     # -- reading from a checkpoint ---------------------------------------------------------
     @classmethod
@@ -72,8 +77,9 @@ class ModelFacts:
         if config is None:
             raise FactsError(f"{checkpoint} has no config.json: not a Hugging Face checkpoint")
         model_type = str(config.get("model_type", ""))
-        dim = int(config["hidden_size"])
-        pooling, normalize = _read_pooling(checkpoint)
+        task = _read_task(checkpoint, config)
+        dim = 1 if task == "rerank" else int(config["hidden_size"])
+        pooling, normalize = ("cls", False) if task == "rerank" else _read_pooling(checkpoint)
         prompts = (_read_json(checkpoint / "config_sentence_transformers.json") or {}).get("prompts") or {}
         query_instruction = str(prompts.get("query") or "") or _known_query_instruction(name, source, config)
         passage_instruction = str(prompts.get("passage") or prompts.get("document") or "")
@@ -91,7 +97,8 @@ class ModelFacts:
             uses_token_type_ids=int(config.get("type_vocab_size") or 0) > 1,
             vocab_size=int(config.get("vocab_size") or 0),
             precision=precision,
-            m3_heads=has_m3_heads(checkpoint),
+            m3_heads=task == "embed" and has_m3_heads(checkpoint),
+            task=task,
         )
 
     # -- the repository's copy ---------------------------------------------------------------
@@ -150,11 +157,32 @@ class ModelFacts:
             precision=str(self.precision),
             m3_heads=as_bool(self.m3_heads),
             score_bands=str(self.score_bands),
+            task=_checked_task(str(self.task)),
         )
 
     def score_bands_dict(self) -> dict[str, Any] | None:
         """`score_bands` parsed; None when the export did not measure them."""
         return json.loads(self.score_bands) if self.score_bands else None
+
+
+def _checked_task(task: str) -> str:
+    if task not in TASKS:
+        raise FactsError(f"unknown task {task!r} ({', '.join(TASKS)})")
+    return task
+
+
+def _read_task(checkpoint: Path, config: dict[str, Any]) -> str:
+    """"rerank" for a cross-encoder (`*ForSequenceClassification` with one label), "embed" otherwise."""
+    architectures = [str(a) for a in config.get("architectures") or []]
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "embed"
+    labels = int(config.get("num_labels") or len(config.get("id2label") or {}) or 2)
+    if labels != 1:
+        raise FactsError(
+            f"{checkpoint} is a sequence classifier with {labels} labels ({', '.join(architectures)}): only "
+            "one-label cross-encoders (rerankers: one relevance logit per query-document pair) are served"
+        )
+    return "rerank"
 
 
 def has_m3_heads(checkpoint: Path) -> bool:

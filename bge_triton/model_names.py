@@ -30,3 +30,8 @@ def m3_model_names(name: str) -> dict[str, str]:
         "sparse_post": f"{name}-sparse-post",
         "colbert_post": f"{name}-colbert-post",
     }
+
+
+def rerank_model_names(name: str) -> dict[str, str]:
+    """A reranker export's models (export/rerank_repository.py): the ensemble, the pair tokenizer, the encoder."""
+    return {"ensemble": name, "tokenizer": f"{name}-pair-tokenizer", "encoder": f"{name}-encoder"}

@@ -18,7 +18,7 @@ from bge_triton.triton_models.numpy_pooling import numpy_pooling_runner
 from bge_triton.triton_models.torch_runner import torch_runner
 
 from .checkpoint import default_name, resolve_checkpoint
-from .gpu_target import check_export_options
+from .gpu_target import ExportOptionsError, check_export_options
 from .m3_heads import export_m3_heads, load_m3_heads, unused_token_ids
 from .onnx_export import (
     EXTERNAL_DATA_THRESHOLD_BYTES,
@@ -107,6 +107,8 @@ def export_model(
     started = time.perf_counter()
     checkpoint = resolve_checkpoint(model)
     facts = ModelFacts.from_checkpoint(checkpoint, name=name or default_name(model), source=model, precision=precision)
+    if facts.task == "rerank":  # a cross-encoder: export/rerank_export.py
+        return _export_reranker(checkpoint, repository, facts, engine, target, opts, optimize, external_data_threshold)
     dtype = check_engine_options(engine, device, precision, target, facts.m3_heads)
     if engine == "torch":
         return _export_torch_engine(checkpoint, repository, dataclasses.replace(facts, precision=dtype), device, opts)
@@ -200,6 +202,21 @@ def export_model(
     seconds = time.perf_counter() - started
     log.info("wrote %s (%.1f s)", ensemble_dir.parent, seconds)
     return ExportResult(facts, ensemble_dir, report, seconds)
+
+
+def _export_reranker(
+    checkpoint: Path, repository: Path, facts: ModelFacts, engine: str, target: Target, opts: BatchingOptions | None,
+    optimize: bool, external_data_threshold: int,
+) -> ExportResult:  # fmt: skip
+    from .rerank_export import export_reranker
+
+    if engine != "onnxruntime":
+        raise ExportOptionsError(f"{facts.name} is a reranker: it exports with --engine onnxruntime only")
+    with tempfile.TemporaryDirectory(prefix="bge-triton-export-") as tmp_dir:
+        return export_reranker(
+            checkpoint, repository, facts, tokenizer_json=_tokenizer_json(checkpoint, Path(tmp_dir)), target=target,
+            opts=opts, optimize=optimize, external_data_threshold=external_data_threshold,
+        )  # fmt: skip
 
 
 def _export_torch_engine(

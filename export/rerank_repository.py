@@ -1,0 +1,162 @@
+"""Write a reranker's Triton models: the `<name>` ensemble = `<name>-pair-tokenizer` -> `<name>-encoder`.
+
+Ensemble `<name>` (the model facts in its parameters and `model_facts.json`, `task: "rerank"`):
+  inputs  QUERY    BYTES [1]  the query (repeated on every row of a request)
+          DOCUMENT BYTES [1]  one document per row
+  outputs SCORE    FP32  [1]  the raw relevance logit (sigmoid it for a 0-1 score)
+          TOKEN_COUNT, FULL_TOKEN_COUNT INT64 [1]  the pair's tokens after / before truncation
+
+The encoder is the sequence-classification graph under the same configuration as an embedding encoder
+(`repository._onnx_model_config`: the ONNX runner on the local target with its token budget, onnxruntime on
+container-gpu; dynamic batching, the queue policy), so dynamic batching and `--max-batch-tokens` work as for
+embeddings. Folders are staged and renamed into place as `write_repository` does.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from bge_triton.model_facts import FACTS_FILE, ModelFacts
+from bge_triton.model_names import rerank_model_names
+
+from . import torch_engine
+from .gpu_target import check_export_options, resolve_options
+from .onnx_export import encoder_input_names
+from .repository import (
+    SOURCES_DIR,
+    STAGING_PREFIX,
+    TARGETS,
+    BatchingOptions,
+    Target,
+    _dynamic_batching,
+    _inp,
+    _onnx_model_config,
+    _out,
+    _refuse_mixed_targets,
+    _remove_stale_staging,
+    _set_params,
+    _write_model,
+    move_folder,
+    staging_parent,
+)
+
+SCORE_OUTPUT = "SCORE"
+
+
+def pair_tokenizer_config(facts: ModelFacts, opts: BatchingOptions) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=rerank_model_names(facts.name)["tokenizer"], backend="python")
+    config.max_batch_size = opts.max_batch_size
+    config.input.append(_inp("QUERY", "bytes", [1]))
+    config.input.append(_inp("DOCUMENT", "bytes", [1]))
+    for out in ("INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS"):
+        config.output.append(_out(out, "int64", [-1]))
+    config.output.append(_out("TOKEN_COUNT", "int64", [1]))
+    config.output.append(_out("FULL_TOKEN_COUNT", "int64", [1]))
+    _dynamic_batching(config, opts, waits=bool(opts.pad_buckets))
+    config.instance_group.append(mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU))
+    _set_params(
+        config,
+        {
+            "tokenizer_file": "tokenizer.json",
+            "max_tokens": str(facts.max_tokens),
+            "pad_token_id": str(facts.pad_token_id),
+            "pad_to_multiple_of": str(opts.pad_to_multiple_of),
+            "pad_buckets": ",".join(str(b) for b in opts.pad_buckets or ()),
+        },
+    )
+    return config
+
+
+def rerank_encoder_config(
+    facts: ModelFacts, target: Target, opts: BatchingOptions, input_names: list[str]
+) -> mc.ModelConfig:
+    return _onnx_model_config(
+        rerank_model_names(facts.name)["encoder"],
+        target,
+        opts,
+        inputs=[(n, "int64", [-1]) for n in input_names],
+        outputs=[("logits", "fp32", [1])],
+        pad_values={"input_ids": facts.pad_token_id},
+        instances=opts.encoder_instances or 1,
+        tensorrt=opts.tensorrt,
+        waits=True,
+    )
+
+
+def rerank_ensemble_config(facts: ModelFacts, opts: BatchingOptions, input_names: list[str]) -> mc.ModelConfig:
+    names = rerank_model_names(facts.name)
+    config = mc.ModelConfig(name=names["ensemble"], platform="ensemble", max_batch_size=opts.max_batch_size)
+    config.input.append(_inp("QUERY", "bytes", [1]))
+    config.input.append(_inp("DOCUMENT", "bytes", [1]))
+    config.output.append(_out(SCORE_OUTPUT, "fp32", [1]))
+    config.output.append(_out("TOKEN_COUNT", "int64", [1]))
+    config.output.append(_out("FULL_TOKEN_COUNT", "int64", [1]))
+    tokenizer_outputs = {"INPUT_IDS": "input_ids", "ATTENTION_MASK": "attention_mask"}
+    if "token_type_ids" in input_names:
+        tokenizer_outputs["TOKEN_TYPE_IDS"] = "token_type_ids"
+    tokenizer_outputs |= {"TOKEN_COUNT": "TOKEN_COUNT", "FULL_TOKEN_COUNT": "FULL_TOKEN_COUNT"}
+    steps = config.ensemble_scheduling.step
+    steps.add(model_name=names["tokenizer"], model_version=-1, input_map={"QUERY": "QUERY", "DOCUMENT": "DOCUMENT"},
+              output_map=tokenizer_outputs)  # fmt: skip
+    steps.add(model_name=names["encoder"], model_version=-1, input_map={n: n for n in input_names},
+              output_map={"logits": SCORE_OUTPUT})  # fmt: skip
+    _set_params(config, facts.to_parameters())
+    return config
+
+
+def write_rerank_repository(
+    repository: Path,
+    facts: ModelFacts,
+    *,
+    tokenizer_json: Path,
+    encoder_onnx: Path,
+    target: Target = "local",
+    opts: BatchingOptions | None = None,
+    parity_json: str | None = None,
+    device: torch_engine.Device = "cpu",
+) -> Path:
+    """Write (or replace) the reranker's three folders in `repository`; returns the ensemble's folder."""
+    if facts.task != "rerank":
+        raise ValueError(f"{facts.name} is not a reranker (task {facts.task!r})")
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r} (local, container-gpu)")
+    opts = resolve_options(opts or BatchingOptions(), target, facts.max_tokens)
+    check_export_options(facts.precision, target, opts.tensorrt)
+    repository = Path(repository)
+    repository.mkdir(parents=True, exist_ok=True)
+    names = rerank_model_names(facts.name)
+    input_names = encoder_input_names(facts)
+    local = target == "local"
+    _refuse_mixed_targets(repository, target, set(names.values()))
+    _remove_stale_staging(repository)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=staging_parent(repository)))
+    try:
+        _write_model(
+            staging,
+            pair_tokenizer_config(facts, opts),
+            {
+                "model.py": SOURCES_DIR / "pair_tokenizer.py",
+                "tokenizer.py": SOURCES_DIR / "tokenizer.py",
+                "tokenizer.json": tokenizer_json,
+            },
+        )
+        encoder = rerank_encoder_config(facts, target, opts, input_names)
+        if local:
+            encoder = torch_engine.place_onnx_encoder(encoder, device)
+        runner = {"model.py": SOURCES_DIR / "onnx_runner.py"} if local else {}
+        _write_model(staging, encoder, {"model.onnx": encoder_onnx, **runner},
+                     extra={"parity.json": parity_json} if parity_json else None)  # fmt: skip
+        _write_model(staging, rerank_ensemble_config(facts, opts, input_names), {},
+                     extra={FACTS_FILE: facts.to_json()})  # fmt: skip
+        for folder in names.values():
+            dest = repository / folder
+            if dest.exists():
+                shutil.rmtree(dest)
+            move_folder(staging / folder, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return repository / names["ensemble"]
