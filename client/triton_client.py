@@ -997,6 +997,30 @@ class AsyncEmbeddingClient(_ClientBase):
 
         return core.assemble_tokens(plan, await self._map(infer, plan.chunks))
 
+    async def infer_tensors(
+        self, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """One request to any model of this export (`model`), numpy in and out (bytes arrays as BYTES), with
+        the client's retries and concurrency bound; what `/embed_all` calls the tokenizer and encoder with."""
+        await self.connect()
+        module = self._core.module
+        tensors = []
+        for name, array in inputs.items():
+            datatype = "BYTES" if array.dtype == np.object_ else module.np_to_triton_dtype(array.dtype)
+            tensor = module.InferInput(name, list(array.shape), datatype)
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        requested = [module.InferRequestedOutput(name) for name in outputs]
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self._core.max_concurrency)
+        async with self._semaphore:
+            result = await self._call(lambda: self._transport.infer(model, tensors, requested))
+        answered = {name: result.as_numpy(name) for name in outputs}
+        missing = [name for name, value in answered.items() if value is None]
+        if missing:
+            raise ServerError(f"model {model!r} did not return {', '.join(missing)}")
+        return {name: np.asarray(value) for name, value in answered.items()}
+
     async def _run(self, plan: _Plan, *, truncate: bool) -> EmbeddingResult:
         async def infer(chunk: np.ndarray) -> _Part:
             result = await self._call(self._core.infer_call(self._transport, plan, chunk))

@@ -25,6 +25,7 @@ from .metrics import ProxyMetrics
 from .registry import ListedName, ModelRegistry
 from .schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelCard, ModelList
 from .settings import ProxySettings
+from .tei_routes import install_tei_routes
 from .ui_routes import install_ui_routes
 
 log = logging.getLogger("bge_triton.proxy")
@@ -89,6 +90,7 @@ def create_app(settings: ProxySettings) -> FastAPI:
         return OrjsonResponse(payload)
 
     install_m3_routes(app, registry, settings, metrics)
+    install_tei_routes(app, registry, settings, metrics)
     install_ui_routes(app, registry, settings, metrics)
 
     @app.get("/v1/models", response_model=ModelList)

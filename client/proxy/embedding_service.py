@@ -55,6 +55,7 @@ class EmbeddingService:
         dimensions: int | None = None,
         param: str = "input",
         state: Any = None,
+        model_ids: bool = False,
     ) -> Embedded:
         """`raw_input` (a string, a list of strings, token ids or lists of them) embedded with `model`.
 
@@ -74,9 +75,9 @@ class EmbeddingService:
             raise ProxyError(400, f"dimensions must be at most {facts.dim} for {name}", param="dimensions",
                              code="invalid_value")  # fmt: skip
         if kind == "ids":
-            if self.settings.token_ids == "off":
+            if self.settings.token_ids == "off" and not model_ids:  # model_ids: TEI's ids are the model's own
                 raise refuse_token_ids()
-            if self.decoder is not None:  # OpenAI cl100k_base ids: embed the text they encode
+            if self.decoder is not None and not model_ids:  # OpenAI cl100k_base ids: embed the text they encode
                 kind, items = "text", self.decoder.decode(items, model)
             elif input_type or target.input_type:
                 instruction = facts.query_instruction if chosen == "query" else facts.passage_instruction

@@ -23,6 +23,7 @@ from ..errors import (
     ServerUnavailable,
 )
 from .schemas import error_body
+from .tei_errors import tei_error_response
 
 # status -> OpenAI error `type`
 log = logging.getLogger("bge_triton.proxy")
@@ -133,23 +134,30 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 
 def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
+    """OpenAI error JSON, except on the paths in `app.state.tei_paths` (TEI's routes): TEI's own shape there."""
+    app.state.tei_paths = set()
+
+    def answer(request: Request, status: int, message: str, param: str | None, code: str | None) -> JSONResponse:
+        if request.scope.get("path") in request.app.state.tei_paths:
+            return tei_error_response(status, message, code, retry_after_s)
+        return error_response(status, message, param=param, code=code, retry_after_s=retry_after_s)
+
     @app.exception_handler(ProxyError)
-    async def _proxy_error(_: Request, exc: ProxyError) -> JSONResponse:
-        return error_response(exc.status, exc.message, param=exc.param, code=exc.code, retry_after_s=retry_after_s)
+    async def _proxy_error(request: Request, exc: ProxyError) -> JSONResponse:
+        return answer(request, exc.status, exc.message, exc.param, exc.code)
 
     @app.exception_handler(EmbeddingError)
-    async def _embedding_error(_: Request, exc: EmbeddingError) -> JSONResponse:
+    async def _embedding_error(request: Request, exc: EmbeddingError) -> JSONResponse:
         err = from_embedding_error(exc)
-        return error_response(err.status, err.message, param=err.param, code=err.code, retry_after_s=retry_after_s)
+        return answer(request, err.status, err.message, err.param, err.code)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return error_response(400, message, param=param, code="invalid_value")
+        return answer(request, 400, message, param, "invalid_value")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), code=http_status_code(exc.status_code),
-                              retry_after_s=retry_after_s)  # fmt: skip
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return answer(request, exc.status_code, str(exc.detail), None, http_status_code(exc.status_code))
 
     # any other exception: answered 500, logged and counted once by access_log.AccessLog
