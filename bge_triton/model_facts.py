@@ -66,6 +66,9 @@ class ModelFacts:
     # What a cosine means for this model: its scores on human-rated STS pairs per language, measured at export
     # (export/score_bands.py), as compact JSON; "" when not measured (older exports).
     score_bands: str = ""
+    # The start-up canary (bge_triton/canary.py): probe texts and their PyTorch FP32 vectors, stored at export,
+    # re-embedded by the proxy through each Triton replica before it is used; "" for older exports (no check).
+    canary: str = ""
     # "embed" or "rerank" (TASKS); a reranker's `dim` is its one score, its pooling and normalize are unused.
     task: str = "embed"
 
@@ -157,6 +160,7 @@ class ModelFacts:
             precision=str(self.precision),
             m3_heads=as_bool(self.m3_heads),
             score_bands=str(self.score_bands),
+            canary=str(self.canary),
             task=_checked_task(str(self.task)),
         )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bge_triton.canary import CANARY_TEXTS, Canary
 from bge_triton.evaluation.datasets import DatasetError
 from bge_triton.model_facts import ModelFacts
 from bge_triton.triton_models.numpy_pooling import numpy_pooling_runner
@@ -32,6 +33,7 @@ from .onnx_export import (
     optimize_encoder,
 )
 from .parity import (
+    PARITY_THRESHOLDS,
     PROBE_TEXTS,
     M3OnnxPipeline,
     M3TorchReference,
@@ -186,6 +188,7 @@ def export_model(
         if not report.passed:
             raise ParityError(report)
         facts = dataclasses.replace(facts, score_bands=_score_bands(tokenizer_json, encoder, pooling, m3_heads, facts))
+        facts = dataclasses.replace(facts, canary=_canary(TorchReference(checkpoint, facts, model=torch_model), facts))
         ensemble_dir = write_repository(
             repository,
             facts,
@@ -246,6 +249,7 @@ def _export_torch_engine(
         if not report.passed:
             raise ParityError(report)
         facts = dataclasses.replace(facts, score_bands=_bands_text(pipeline.embed, facts))
+        facts = dataclasses.replace(facts, canary=_canary(TorchReference(checkpoint, facts), facts))
         encoder = TorchEncoder(checkpoint, device=device, dtype=facts.precision)  # type: ignore[arg-type]
         ensemble_dir = write_repository(
             repository, facts, tokenizer_json=tokenizer_json, encoder_onnx=None, pooling_onnx=None,
@@ -254,6 +258,13 @@ def _export_torch_engine(
     seconds = time.perf_counter() - started
     log.info("wrote %s with the torch engine on %s (%.1f s)", ensemble_dir.parent, device, seconds)
     return ExportResult(facts, ensemble_dir, report, seconds)
+
+
+def _canary(reference: TorchReference, facts: ModelFacts) -> str:
+    """The start-up canary (bge_triton/canary.py): its texts as the proxy sends them (passages), embedded by the
+    PyTorch FP32 reference, with this precision's parity floor."""
+    vectors = reference.embed([facts.passage_instruction + text for text in CANARY_TEXTS])
+    return Canary(CANARY_TEXTS, vectors, PARITY_THRESHOLDS[facts.precision]).to_text()
 
 
 def _score_bands(

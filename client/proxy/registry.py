@@ -208,8 +208,17 @@ class ModelRegistry:
         replicas = dict(zip(self.clients, found, strict=True))
         not_ready = [name for name, urls in replicas.items() if not urls]
         if not_ready:
-            return False, f"model not ready: {', '.join(not_ready)}", replicas
+            return False, "; ".join(self._why_not_ready(name) for name in not_ready), replicas
         return True, "ready", replicas
+
+    def _why_not_ready(self, name: str) -> str:
+        replicas = self.clients[name]
+        failures = replicas.canary_failures()
+        if failures:
+            return f"{name} gives wrong vectors: " + ", ".join(f"{url}: {desc}" for url, desc in failures.items())
+        if replicas.canary_pending():
+            return f"model not ready: {name} (start-up canary running)"
+        return f"model not ready: {name}"
 
     async def close(self) -> None:
         if self._refresher is not None:
