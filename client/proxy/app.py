@@ -23,6 +23,7 @@ from .json_response import OrjsonResponse
 from .m3_routes import install_m3_routes
 from .metrics import ProxyMetrics
 from .registry import ListedName, ModelRegistry
+from .rerank_routes import install_rerank_routes
 from .schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelCard, ModelList
 from .settings import ProxySettings
 from .tei_routes import install_tei_routes
@@ -92,6 +93,7 @@ def create_app(settings: ProxySettings) -> FastAPI:
     install_m3_routes(app, registry, settings, metrics)
     install_tei_routes(app, registry, settings, metrics)
     install_ui_routes(app, registry, settings, metrics)
+    install_rerank_routes(app, registry, settings, metrics)  # after the TEI routes: sets their rerank handler
 
     @app.get("/v1/models", response_model=ModelList)
     async def list_models() -> ModelList:

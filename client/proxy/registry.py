@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,6 +57,8 @@ class ModelRegistry:
         self._resolver = resolver
         self.urls: list[str] = list(settings.triton_urls)  # with dns: entries resolved (refresh_urls)
         self._refresher: asyncio.Task[None] | None = None
+        # {name: task} of models served for another task (rerank_routes.py sets it): naming one here is a 400
+        self.other_tasks: Callable[[], Awaitable[dict[str, str]]] | None = None
 
     @property
     def uses_dns(self) -> bool:
@@ -167,7 +170,7 @@ class ModelRegistry:
         await self._discovered()
         name = self._served(requested)
         if name is None:
-            raise self._not_found(requested, suffixes=False)
+            raise await self._missing(requested, suffixes=False)
         return name, self.clients[name]
 
     async def resolve(self, requested: str) -> Resolved:
@@ -180,7 +183,16 @@ class ModelRegistry:
             base = self._served(requested.removesuffix(suffix)) if requested.endswith(suffix) else None
             if base is not None:
                 return Resolved(base, self.clients[base], input_type)
-        raise self._not_found(requested, suffixes=True)
+        raise await self._missing(requested, suffixes=True)
+
+    async def _missing(self, requested: str, *, suffixes: bool) -> ProxyError:
+        """404 for an unknown name; 400 `model_not_embedding` for a model served for another task (a reranker)."""
+        others = await self.other_tasks() if self.other_tasks else {}
+        task = others.get(self.settings.aliases.get(requested, requested))
+        if task is not None:
+            return ProxyError(400, f"The model '{requested}' is a {task} model, not an embedding model: use it with "
+                              f"/v1/{task}", param="model", code="model_not_embedding")  # fmt: skip
+        return self._not_found(requested, suffixes=suffixes)
 
     def listing(self) -> list[ListedName]:
         """Served names, then aliases, each followed by its suffixed variants (unless a real name takes the id)."""

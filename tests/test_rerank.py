@@ -1,0 +1,263 @@
+"""Rerankers (issue 17): export of a cross-encoder, the client library and the proxy's `/rerank` + `/v1/rerank`.
+
+A random-init bge-reranker-v2-m3 (its exact config, scaled down to 2 layers of hidden 64; vocabulary, 8194
+positions and the one label kept) is exported and served by a real tritonserver beside MiniLM; its scores are
+compared with sentence-transformers' `CrossEncoder` and FlagEmbedding's `FlagReranker` on the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import numpy as np
+import pytest
+
+from bge_triton.client import InputTooLong
+from bge_triton.client.rerank_client import AsyncRerankClient, RerankClient
+from bge_triton.export.exporter import ExportResult, export_model
+from bge_triton.export.repository import parse_config
+from bge_triton.launcher import TritonOptions, TritonServer, free_port
+from bge_triton.model_facts import FactsError, ModelFacts, read_facts
+
+if TYPE_CHECKING:
+    from conftest import Service
+
+RERANKER = "bge-reranker-tiny"
+QUERY = "如何部署向量模型？"
+DOCUMENTS = [
+    "用 Triton 部署嵌入模型，前面放一个 OpenAI 兼容的代理。",
+    "今天天气很好，我们去公园散步吧。",
+    "A cross-encoder reads the query and the document together.",
+    "向量模型 deployment with Triton and nginx 🚀",
+    "重排序模型给每个文档打分。",
+]
+LONG_DOCUMENT = "这是一个很长的文档，用来测试截断。" * 1500  # ~15k tokens: past the 8192-token window
+
+
+@pytest.fixture(scope="module")
+def rerank_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from bge_triton.export.rerank_checkpoint import make_rerank_checkpoint
+
+    return make_rerank_checkpoint(tmp_path_factory.mktemp("reranker") / RERANKER, num_layers=2, hidden_size=64)
+
+
+@pytest.fixture(scope="module")
+def rerank_export(rerank_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
+    return export_model(str(rerank_checkpoint), tmp_path_factory.mktemp("rerank_repository"), name=RERANKER)
+
+
+@pytest.fixture(scope="module")
+def rerank_triton(
+    rerank_export: ExportResult, repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonOptions]:
+    """The tiny reranker and MiniLM (an embedding model) in one tritonserver."""
+    repo = rerank_export.ensemble_dir.parent
+    for folder in repository.iterdir():
+        if not (repo / folder.name).exists():
+            shutil.copytree(folder, repo / folder.name)
+    options = TritonOptions(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    with TritonServer(options, log_file=tmp_path_factory.mktemp("rerank_triton") / "tritonserver.log"):
+        yield options
+
+
+@pytest.fixture(scope="module")
+def client(rerank_triton: TritonOptions) -> Iterator[RerankClient]:
+    with RerankClient(f"127.0.0.1:{rerank_triton.grpc_port}") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def proxy(rerank_triton: TritonOptions, spawn: Callable[..., Service]) -> Service:
+    port = free_port()
+    return spawn(["serve-proxy", f"--triton-url=127.0.0.1:{rerank_triton.grpc_port}", "--port", str(port),
+                  "--max-inputs", "1500"], port=port, ready_path="/ready")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cross_encoder(rerank_checkpoint: Path) -> Any:
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(rerank_checkpoint), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def flag_reranker(rerank_checkpoint: Path) -> Any:
+    from FlagEmbedding import FlagReranker
+
+    return FlagReranker(str(rerank_checkpoint), use_fp16=False, devices="cpu")
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+# -- export ---------------------------------------------------------------------------------------------------
+def test_export_reads_the_facts_and_checks_parity(rerank_export: ExportResult) -> None:
+    facts = rerank_export.facts
+    assert (facts.task, facts.dim, facts.max_tokens, facts.model_type) == ("rerank", 1, 8192, "xlm-roberta")
+    assert rerank_export.parity.passed and rerank_export.parity.max_abs_diff <= 1e-4
+    repo = rerank_export.ensemble_dir.parent
+    assert read_facts(rerank_export.ensemble_dir).task == "rerank"
+    config = parse_config((rerank_export.ensemble_dir / "config.pbtxt").read_text())
+    assert [i.name for i in config.input] == ["QUERY", "DOCUMENT"]
+    assert [o.name for o in config.output] == ["SCORE", "TOKEN_COUNT", "FULL_TOKEN_COUNT"]
+    assert [s.model_name for s in config.ensemble_scheduling.step] == [f"{RERANKER}-pair-tokenizer",
+                                                                       f"{RERANKER}-encoder"]  # fmt: skip
+    encoder = parse_config((repo / f"{RERANKER}-encoder" / "config.pbtxt").read_text())
+    assert encoder.dynamic_batching.max_queue_delay_microseconds > 0
+    assert encoder.parameters["max_batch_tokens"].string_value == "16384"  # the token budget, as for embeddings
+    assert json.loads((repo / f"{RERANKER}-encoder" / "parity.json").read_text())["max_abs_diff"] <= 1e-4
+
+
+def test_a_classifier_with_several_labels_is_refused(tmp_path: Path) -> None:
+    config = {"architectures": ["BertForSequenceClassification"], "model_type": "bert", "hidden_size": 8,
+              "id2label": {"0": "NEG", "1": "POS"}}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FactsError, match="2 labels"):
+        ModelFacts.from_checkpoint(tmp_path, name="x", source="x")
+    config |= {"id2label": {"0": "LABEL_0"}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert ModelFacts.from_checkpoint(tmp_path, name="x", source="x").task == "rerank"
+
+
+# -- scores against the reference implementations ---------------------------------------------------------------
+def test_scores_equal_cross_encoder_and_flag_reranker(client: RerankClient, cross_encoder: Any,
+                                                      flag_reranker: Any) -> None:  # fmt: skip
+    import torch
+
+    documents = [*DOCUMENTS, LONG_DOCUMENT]
+    pairs = [(QUERY, d) for d in documents]
+    got = client.scores(QUERY, documents)
+    flag = np.array(flag_reranker.compute_score(pairs, max_length=8192, batch_size=4))
+    ce_raw = cross_encoder.predict(pairs, activation_fn=torch.nn.Identity(), batch_size=4)
+    ce_sigmoid = cross_encoder.predict(pairs, batch_size=4)
+    np.testing.assert_allclose(got.scores, flag, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got.scores, ce_raw, atol=1e-4, rtol=0)
+    ranked = client.rerank(QUERY, documents)
+    np.testing.assert_allclose([r.relevance_score for r in ranked], ce_sigmoid[[r.index for r in ranked]], atol=1e-5)
+    assert np.ptp(got.scores) > 1e-3  # the scores differ by more than the tolerance: the ordering means something
+    assert got.token_counts[-1] == 8192 and got.full_token_counts[-1] > 8192  # the long document was truncated
+
+
+def test_ranking_order_and_top_n(client: RerankClient, flag_reranker: Any) -> None:
+    flag = np.array(flag_reranker.compute_score([(QUERY, d) for d in DOCUMENTS]))
+    ranked = client.rerank(QUERY, DOCUMENTS)
+    assert [r.index for r in ranked] == list(np.argsort(-flag, kind="stable"))
+    assert all(a.score >= b.score for a, b in itertools.pairwise(ranked))
+    assert [r.document for r in ranked] == [DOCUMENTS[r.index] for r in ranked]
+    assert client.rerank(QUERY, DOCUMENTS, top_n=2) == ranked[:2]
+
+
+def test_async_client_equals_sync(client: RerankClient, rerank_triton: TritonOptions) -> None:
+    async def run() -> list[Any]:
+        async with AsyncRerankClient(f"127.0.0.1:{rerank_triton.http_port}", "http") as c:
+            return await c.rerank(QUERY, DOCUMENTS, top_n=3)
+
+    got = asyncio.run(run())
+    want = client.rerank(QUERY, DOCUMENTS, top_n=3)
+    assert [r.index for r in got] == [r.index for r in want]
+    np.testing.assert_allclose([r.score for r in got], [r.score for r in want], atol=1e-6)
+
+
+def test_truncate_false_refuses_a_long_document(client: RerankClient) -> None:
+    with pytest.raises(InputTooLong) as caught:
+        client.scores(QUERY, [DOCUMENTS[0], LONG_DOCUMENT], truncate=False)
+    assert caught.value.index == 1 and caught.value.max_tokens == 8192
+
+
+# -- the proxy ----------------------------------------------------------------------------------------------------
+def test_v1_rerank_shape(proxy: Service, client: RerankClient) -> None:
+    body = {"model": RERANKER, "query": QUERY, "documents": [DOCUMENTS[0], {"text": DOCUMENTS[1]}, *DOCUMENTS[2:]],
+            "top_n": 3, "return_documents": True}  # fmt: skip
+    answer = httpx.post(f"{proxy.url}/v1/rerank", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    want = client.rerank(QUERY, DOCUMENTS, top_n=3)
+    assert data["model"] == RERANKER and data["id"]
+    assert [r["index"] for r in data["results"]] == [r.index for r in want]
+    np.testing.assert_allclose([r["relevance_score"] for r in data["results"]], [_sigmoid(r.score) for r in want],
+                               atol=1e-6)  # fmt: skip
+    assert [r["document"]["text"] for r in data["results"]] == [DOCUMENTS[r.index] for r in want]
+    assert data["usage"]["total_tokens"] == client.scores(QUERY, DOCUMENTS).total_tokens
+    plain = httpx.post(f"{proxy.url}/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS}, timeout=60).json()
+    assert len(plain["results"]) == len(DOCUMENTS) and "document" not in plain["results"][0]  # model optional
+
+
+def test_tei_rerank_shape(proxy: Service, client: RerankClient) -> None:
+    want = client.rerank(QUERY, DOCUMENTS)
+    answer = httpx.post(f"{proxy.url}/rerank", json={"query": QUERY, "texts": DOCUMENTS, "raw_scores": True,
+                                                     "return_text": True}, timeout=60)  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    ranks = answer.json()
+    assert [r["index"] for r in ranks] == [r.index for r in want]
+    np.testing.assert_allclose([r["score"] for r in ranks], [r.score for r in want], atol=1e-6)
+    assert [r["text"] for r in ranks] == [r.document for r in want]
+    default = httpx.post(f"{proxy.url}/rerank", json={"query": QUERY, "texts": DOCUMENTS}, timeout=60).json()
+    np.testing.assert_allclose([r["score"] for r in default], [_sigmoid(r.score) for r in want], atol=1e-6)
+    assert set(default[0]) == {"index", "score"}
+
+
+def test_a_thousand_documents_in_one_call(proxy: Service, client: RerankClient) -> None:
+    documents = [f"文档 {i}：{DOCUMENTS[i % len(DOCUMENTS)]}" for i in range(1000)]
+    answer = httpx.post(f"{proxy.url}/v1/rerank", json={"query": QUERY, "documents": documents, "top_n": 10},
+                        timeout=300)  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    scores = client.scores(QUERY, documents).scores
+    best = sorted(range(1000), key=lambda i: (-float(scores[i]), i))[:10]
+    assert [r["index"] for r in results] == best
+    np.testing.assert_allclose([r["relevance_score"] for r in results], [_sigmoid(float(scores[i])) for i in best],
+                               atol=1e-6)  # fmt: skip
+
+
+def test_long_documents_through_the_proxy(proxy: Service) -> None:
+    body = {"query": QUERY, "documents": [DOCUMENTS[0], LONG_DOCUMENT]}
+    assert httpx.post(f"{proxy.url}/v1/rerank", json=body, timeout=60).status_code == 200
+    refused = httpx.post(f"{proxy.url}/v1/rerank", json=body | {"truncate": False}, timeout=60)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"
+    tei = httpx.post(f"{proxy.url}/rerank", json={"query": QUERY, "texts": [LONG_DOCUMENT], "truncate": False},
+                     timeout=60)  # fmt: skip
+    assert tei.status_code >= 400 and "8192" in tei.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code"),
+    [
+        ("/v1/rerank", {"query": "", "documents": ["a"]}, 400, "invalid_value"),
+        ("/v1/rerank", {"query": "q", "documents": []}, 400, "invalid_value"),
+        ("/v1/rerank", {"query": "q", "documents": ["a", ""]}, 400, "invalid_value"),
+        ("/v1/rerank", {"query": "q", "documents": ["a"] * 1501}, 400, "too_many_inputs"),
+        ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": -1}, 400, "invalid_value"),
+        ("/v1/rerank", {"query": "q", "documents": [1]}, 400, "invalid_value"),
+        ("/v1/rerank", {"model": "all-MiniLM-L6-v2", "query": "q", "documents": ["a"]}, 400, "model_not_reranker"),
+        ("/v1/rerank", {"model": "nope", "query": "q", "documents": ["a"]}, 404, "model_not_found"),
+        ("/v1/embeddings", {"model": RERANKER, "input": "q"}, 400, "model_not_embedding"),
+    ],
+)
+def test_bad_requests_get_typed_errors(proxy: Service, path: str, body: dict[str, Any], status: int,
+                                       code: str) -> None:  # fmt: skip
+    answer = httpx.post(f"{proxy.url}{path}", json=body, timeout=60)
+    assert answer.status_code == status, answer.text
+    assert answer.json()["error"]["code"] == code
+
+
+def test_tei_rerank_errors_in_tei_shape(proxy: Service) -> None:
+    answer = httpx.post(f"{proxy.url}/rerank", json={"query": "q", "texts": []}, timeout=60)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()
+    assert error["error_type"] == "Empty" and "texts" in error["error"]
+
+
+def test_rerankers_are_not_listed_as_embedding_models(proxy: Service) -> None:
+    ids = [card["id"] for card in httpx.get(f"{proxy.url}/v1/models", timeout=10).json()["data"]]
+    assert RERANKER not in ids and "all-MiniLM-L6-v2" in ids
+    listed = httpx.get(f"{proxy.url}/v1/rerank/models", timeout=10).json()["data"]
+    assert listed == [{"id": RERANKER, "max_tokens": 8192}]
