@@ -131,10 +131,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except (CheckpointError, ParityError, ExportOptionsError, EngineOptionsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(
-        f"exported {result.facts.name} to {result.ensemble_dir.parent} "
-        f"(parity min cosine {result.parity.min_cosine:.6f})"
+    parity = (
+        f"parity max score diff {result.parity.max_abs_diff:.3g}"
+        if result.facts.task == "rerank"
+        else f"parity min cosine {result.parity.min_cosine:.6f}"
     )
+    print(f"exported {result.facts.name} to {result.ensemble_dir.parent} ({parity})")
     return 0
 
 

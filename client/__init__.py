@@ -12,6 +12,7 @@ from .errors import (
     ServerUnavailable,
     from_triton_exception,
 )
+from .rerank_client import AsyncRerankClient, RankedDocument, RerankClient, RerankScores
 from .triton_client import (
     AsyncEmbeddingClient,
     EmbeddingClient,
@@ -27,6 +28,7 @@ from .triton_client import (
 
 __all__ = [
     "AsyncEmbeddingClient",
+    "AsyncRerankClient",
     "EmbeddingClient",
     "EmbeddingError",
     "EmbeddingResult",
@@ -35,7 +37,10 @@ __all__ = [
     "ModelNotFound",
     "ModelNotReady",
     "Overloaded",
+    "RankedDocument",
     "RequestTimeout",
+    "RerankClient",
+    "RerankScores",
     "ServerError",
     "ServerUnavailable",
     "TokenizedText",

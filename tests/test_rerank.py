@@ -112,7 +112,7 @@ def test_export_reads_the_facts_and_checks_parity(rerank_export: ExportResult) -
     assert [s.model_name for s in config.ensemble_scheduling.step] == [f"{RERANKER}-pair-tokenizer",
                                                                        f"{RERANKER}-encoder"]  # fmt: skip
     encoder = parse_config((repo / f"{RERANKER}-encoder" / "config.pbtxt").read_text())
-    assert encoder.dynamic_batching.max_queue_delay_microseconds > 0
+    assert encoder.dynamic_batching.default_queue_policy.max_queue_size == 512  # batching and queue policy
     assert encoder.parameters["max_batch_tokens"].string_value == "16384"  # the token budget, as for embeddings
     assert json.loads((repo / f"{RERANKER}-encoder" / "parity.json").read_text())["max_abs_diff"] <= 1e-4
 
