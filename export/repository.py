@@ -163,8 +163,11 @@ def tokenize_config(facts: ModelFacts, opts: BatchingOptions) -> mc.ModelConfig:
     It carries no model facts, so clients never take it for an embedding model."""
     config = mc.ModelConfig(name=model_names(facts.name)["tokenize"], backend="python")
     config.max_batch_size = opts.max_batch_size
-    config.input.append(_inp("TEXT", "bytes", [1]))
+    config.input.append(_inp("TEXT", "bytes", [1], optional=True))  # TEXT, or DECODE_IDS (TEI's /decode)
     config.input.append(_inp("ADD_SPECIAL_TOKENS", "bool", [1], optional=True))
+    config.input.append(_inp("DECODE_IDS", "int64", [-1], optional=True))
+    config.input.append(_inp("SKIP_SPECIAL_TOKENS", "bool", [1], optional=True))
+    config.output.append(_out("DECODED", "bytes", [1]))
     config.output.append(_out("TOKEN_IDS", "int64", [-1]))
     config.output.append(_out("TOKEN_OFFSETS", "int64", [-1, 2]))
     config.output.append(_out("TOKEN_SPECIAL", "bool", [-1]))

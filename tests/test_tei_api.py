@@ -157,7 +157,6 @@ def test_left_truncation_keeps_the_end(proxy: Service) -> None:
         ("/embed_all", {"inputs": "hello " * 400, "truncate": False}, 422, "Validation", "256"),
         ("/similarity", {"inputs": {"source_sentence": "x", "sentences": []}}, 400, "Empty", "sentences"),
         ("/similarity", {"inputs": {"source_sentence": "x"}}, 422, "Validation", "sentences"),
-        ("/", {"query": "q", "texts": ["a"]}, 404, "Validation", "no reranker"),
         ("/", [1, 2], 422, "Validation", "JSON object"),
     ],
 )
@@ -166,7 +165,29 @@ def test_errors_in_tei_shape(proxy: Service, path: str, body: Any, status: int, 
     assert fragment in message
 
 
+def test_rerank_body_at_root_without_a_reranker(proxy: Service) -> None:
+    response = _post(proxy, "/", {"query": "q", "texts": ["a"]})  # TEI's rerank body: no reranker here
+    assert response.status_code in (404, 422)  # 404 from the TEI routes, 422 once rerank routes answer it
+    assert "reranker" in _tei_error(response, response.status_code, "Validation")
+
+
 def test_openai_routes_keep_openai_errors(proxy: Service) -> None:
     response = _post(proxy, "/v1/embeddings", {"model": MODEL, "input": []})
     assert response.status_code == 400
     assert set(response.json()["error"]) >= {"message", "type", "code"}
+
+
+def test_decode_gives_the_text_back(proxy: Service) -> None:
+    tokens = _post(proxy, "/tokenize", {"inputs": TEXTS[:2]}).json()
+    ids = [[t["id"] for t in row] for row in tokens]
+    response = _post(proxy, "/decode", {"ids": ids})
+    assert response.status_code == 200, response.text
+    assert response.json() == [t.lower() for t in TEXTS[:2]]  # MiniLM's tokenizer lower-cases
+    with_special = _post(proxy, "/decode", {"ids": ids[0], "skip_special_tokens": False}).json()
+    assert with_special == ["[CLS] " + TEXTS[0].lower() + " [SEP]"]
+    for body, status, error_type in (
+        ({"ids": []}, 400, "Empty"),
+        ({"ids": [[1, 2], [-1]]}, 422, "Validation"),
+        ({"ids": [10**9]}, 422, "Validation"),  # outside the vocabulary: the tokenize model's INVALID_ARG
+    ):
+        _tei_error(_post(proxy, "/decode", body), status, error_type)

@@ -111,10 +111,11 @@ def test_tokenize_model_config(repository: Path) -> None:
     config = text_format.Parse((folder / "config.pbtxt").read_text(encoding="utf-8"), mc.ModelConfig())
     assert config.backend == "python" and config.max_batch_size > 0
     assert [(i.name, i.data_type, list(i.dims), i.optional) for i in config.input] == [
-        ("TEXT", mc.TYPE_STRING, [1], False), ("ADD_SPECIAL_TOKENS", mc.TYPE_BOOL, [1], True),
+        ("TEXT", mc.TYPE_STRING, [1], True), ("ADD_SPECIAL_TOKENS", mc.TYPE_BOOL, [1], True),
+        ("DECODE_IDS", mc.TYPE_INT64, [-1], True), ("SKIP_SPECIAL_TOKENS", mc.TYPE_BOOL, [1], True),
     ]  # fmt: skip
     assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
-        ("TOKEN_IDS", mc.TYPE_INT64, [-1]), ("TOKEN_OFFSETS", mc.TYPE_INT64, [-1, 2]),
+        ("DECODED", mc.TYPE_STRING, [1]), ("TOKEN_IDS", mc.TYPE_INT64, [-1]), ("TOKEN_OFFSETS", mc.TYPE_INT64, [-1, 2]),
         ("TOKEN_SPECIAL", mc.TYPE_BOOL, [-1]), ("TOKENS", mc.TYPE_STRING, [-1]), ("TOKEN_COUNT", mc.TYPE_INT64, [1]),
     ]  # fmt: skip
     assert "dim" not in config.parameters  # no model facts: never taken for an embedding model

@@ -7,12 +7,16 @@ decoding it reuses) beside it, with the model's `tokenizer.json`; it needs only 
 
 Inputs  TEXT                BYTES  [batch, 1]   UTF-8 text, sent as is (the caller adds any instruction)
         ADD_SPECIAL_TOKENS  BOOL   [batch, 1]   optional, default true: the model's [CLS]/[SEP] (<s>/</s>)
+        DECODE_IDS          INT64  [batch, n]   instead of TEXT: token ids to decode (TEI's `/decode`), rows
+                                                right-padded with -1; the answer is DECODED only
+        SKIP_SPECIAL_TOKENS BOOL   [batch, 1]   optional, default true: leave special tokens out of DECODED
 Outputs TOKEN_IDS           INT64  [batch, n]   every token of the text (no truncation), right-padded with -1
         TOKEN_OFFSETS       INT64  [batch, n, 2] [start, stop) character offsets into the text ([0, 0] for
                                                 special tokens and padding)
         TOKEN_SPECIAL       BOOL   [batch, n]   whether the token is a special token (padding: false)
         TOKENS              BYTES  [batch, n]   the vocabulary's token strings ("##ing", "▁hello"); padding b""
         TOKEN_COUNT         INT64  [batch, 1]   tokens of the text (may exceed the model's window)
+        DECODED             BYTES  [batch, 1]   the text DECODE_IDS decode to (UTF-8)
 """
 
 from __future__ import annotations
@@ -89,6 +93,22 @@ class TokenLister:
             tokens[r, :n] = [t.encode("utf-8") for t in enc.tokens]
         return TokenRows(ids, offsets, special, tokens, counts)
 
+    def decode(self, ids: np.ndarray, *, skip_special_tokens: bool = True) -> list[str]:
+        """Rows of token ids (right-padded with -1) -> their text; InvalidText for an id outside the vocabulary."""
+        rows = np.asarray(ids, dtype=np.int64).reshape(len(ids), -1)
+        vocab = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        texts = []
+        for r, raw in enumerate(rows):
+            n = int((raw != ID_PADDING).sum())
+            row = raw[:n]
+            if (row == ID_PADDING).any():
+                raise InvalidText(f"DECODE_IDS[{r}] has -1 padding before its last id")
+            outside = row[(row < 0) | (row >= vocab)]
+            if len(outside):
+                raise InvalidText(f"DECODE_IDS[{r}] holds {int(outside[0])}, not an id of the vocabulary [0, {vocab})")
+            texts.append(self._tokenizer.decode(row.tolist(), skip_special_tokens=skip_special_tokens))
+        return texts
+
 
 class TritonPythonModel:
     """Answers each request of a dynamic batch on its own (this model is for people and tools, not throughput)."""
@@ -106,6 +126,10 @@ class TritonPythonModel:
         pb = self._pb
         responses = []
         for request in requests:
+            decode = pb.get_input_tensor_by_name(request, "DECODE_IDS")
+            if decode is not None:
+                responses.append(self._decode(request, decode))
+                continue
             try:
                 text = pb.get_input_tensor_by_name(request, "TEXT")
                 if text is None:
@@ -134,6 +158,21 @@ class TritonPythonModel:
                 )
             )
         return responses
+
+    def _decode(self, request: object, ids: object):  # -> pb_utils.InferenceResponse with DECODED
+        pb = self._pb
+        try:
+            flag = pb.get_input_tensor_by_name(request, "SKIP_SPECIAL_TOKENS")
+            flags = {True} if flag is None else {bool(v) for v in np.asarray(flag.as_numpy()).reshape(-1)}
+            if len(flags) != 1:
+                raise InvalidText("SKIP_SPECIAL_TOKENS must be the same for every row of a request")
+            texts = self._lister.decode(ids.as_numpy(), skip_special_tokens=flags.pop())
+        except InvalidText as exc:
+            return pb.InferenceResponse(error=self._invalid(f"invalid input: {exc}"))
+        except Exception as exc:  # a tokenizer failure is this request's error, not the server's
+            return pb.InferenceResponse(error=pb.TritonError(f"decoding failed: {exc}"))
+        decoded = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_).reshape(-1, 1)
+        return pb.InferenceResponse(output_tensors=[pb.Tensor("DECODED", decoded)])
 
     def _invalid(self, message: str):  # -> pb_utils.TritonError with code INVALID_ARG (gRPC 3, HTTP 400)
         pb = self._pb

@@ -32,12 +32,13 @@ from bge_triton import __version__
 from .admission import admitted
 from .embedding_service import EmbeddingService
 from .errors import ProxyError
+from .inputs import MAX_TOKEN_ID
 from .json_response import OrjsonResponse
 from .metrics import ProxyMetrics
 from .registry import InputType, ModelRegistry
 from .replicas import ReplicaSet
 from .settings import ProxySettings
-from .token_states import pool, token_states
+from .token_states import decode_ids, pool, token_states
 
 TeiInput = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
 Direction = Literal["Left", "Right"]
@@ -248,6 +249,19 @@ def install_tei_routes(app: FastAPI, registry: ModelRegistry, settings: ProxySet
             request.state.inputs, request.state.tokens = len(items), tokens
             chars = sum(len(i) for i in items)
             return OrjsonResponse(states, headers=compute_headers(tokens, chars))
+
+    @app.post("/decode", response_model=list[str], tags=["TEI"])
+    async def decode(body: DecodeRequest, request: Request) -> Response:
+        """TEI's `/decode`: token ids (a list, or a list of lists) -> one text per list."""
+        if not body.ids:
+            raise ProxyError(400, "`ids` cannot be empty", param="ids", code="empty")
+        rows: list[list[int]] = [body.ids] if isinstance(body.ids[0], int) else body.ids  # type: ignore[list-item]
+        check_batch(len(rows))
+        if any(i < 0 or i > MAX_TOKEN_ID for row in rows for i in row):
+            raise ProxyError(422, "`ids` must be token ids (integers >= 0)", param="ids", code="invalid_value")
+        async with admitted(app, settings.max_in_flight, metrics):
+            _, replicas = await served(body.model, request)
+            return OrjsonResponse(await decode_ids(replicas, rows, skip_special_tokens=body.skip_special_tokens))
 
     @app.get("/info", tags=["TEI"])
     async def info(request: Request, model: str | None = None) -> Response:

@@ -57,21 +57,42 @@ async def _chunk_states(
         texts = with_instruction(chunk, facts, query=query)
         source = {"TEXT": np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)}
 
-    async def call(model: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
-        def infer(client: AsyncEmbeddingClient) -> Awaitable[dict[str, np.ndarray]]:
-            return client.infer_tensors(model, inputs, outputs)
-
-        return await replicas._call(infer)  # failover over the replicas, as every embedding call
-
-    tokenized = await call(names["tokenizer"], source, TOKENIZER_OUTPUTS)
+    tokenized = await call_model(replicas, names["tokenizer"], source, TOKENIZER_OUTPUTS)
     encoder_inputs = {"input_ids": tokenized["INPUT_IDS"], "attention_mask": tokenized["ATTENTION_MASK"]}
     if facts.uses_token_type_ids:
         encoder_inputs["token_type_ids"] = tokenized["TOKEN_TYPE_IDS"]
-    encoded = await call(names["encoder"], encoder_inputs, ("last_hidden_state",))
+    encoded = await call_model(replicas, names["encoder"], encoder_inputs, ("last_hidden_state",))
     hidden = np.asarray(encoded["last_hidden_state"], dtype=np.float32)
     counts = tokenized["TOKEN_COUNT"].reshape(-1).astype(np.int64)
     full = tokenized["FULL_TOKEN_COUNT"].reshape(-1).astype(np.int64)
     return [hidden[r, : int(counts[r])].copy() for r in range(len(chunk))], full
+
+
+async def call_model(
+    replicas: ReplicaSet, model: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """One request to `model` (a model of the replicas' export), with failover over the replicas."""
+
+    def infer(client: AsyncEmbeddingClient) -> Awaitable[dict[str, np.ndarray]]:
+        return client.infer_tensors(model, inputs, outputs)
+
+    return await replicas._call(infer)  # the replica set's own failover (and health), as every embedding call
+
+
+async def decode_ids(replicas: ReplicaSet, rows: list[list[int]], *, skip_special_tokens: bool) -> list[str]:
+    """Token-id rows -> their text, by the model's own tokenizer (`NAME-tokenize`'s DECODE_IDS)."""
+    model = model_names(replicas.facts.name)["tokenize"]
+    batch = next(iter(replicas.clients.values())).max_batch_size or 1
+    texts: list[str] = []
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        ids = np.full((len(chunk), max(1, *(len(row) for row in chunk))), ID_PADDING, dtype=np.int64)
+        for r, row in enumerate(chunk):
+            ids[r, : len(row)] = row
+        flags = np.full((len(chunk), 1), skip_special_tokens, dtype=np.bool_)
+        answer = await call_model(replicas, model, {"DECODE_IDS": ids, "SKIP_SPECIAL_TOKENS": flags}, ("DECODED",))
+        texts += [bytes(t).decode("utf-8", "replace") for t in answer["DECODED"].reshape(-1)]
+    return texts
 
 
 def pool(states: np.ndarray, pooling: str) -> np.ndarray:
