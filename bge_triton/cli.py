@@ -208,6 +208,12 @@ def _add_proxy_args(p: argparse.ArgumentParser, *, port_flag: str) -> None:
         help="estimated tokens per model and Triton replica in flight at once, handed out in turns among "
         "requests (raise it on a GPU)",
     )
+    p.add_argument(
+        "--max-chunks",
+        type=int,
+        default=64,
+        help="truncate CHUNK: windows of the model's token window per input at most (400 beyond)",
+    )
     p.add_argument("--request-timeout", type=float, default=60.0, help="seconds per Triton request")
     p.add_argument(
         "--api-key",
@@ -274,6 +280,7 @@ def _proxy_settings(args: argparse.Namespace, triton_urls: list[str], protocol: 
         protect_metrics=args.protect_metrics,
         grace_period_s=args.grace_period,
         token_ids=args.token_ids,
+        max_chunks=args.max_chunks,
     )
 
 

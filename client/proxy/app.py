@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ from .body_limits import BodyLimits
 from .embedding_service import EmbeddingService
 from .errors import ProxyError, install_error_handlers
 from .json_response import OrjsonResponse
+from .long_inputs import truncation_of
 from .m3_routes import install_m3_routes
 from .metrics import ProxyMetrics
 from .registry import ListedName, ModelRegistry
@@ -28,6 +28,7 @@ from .schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelCa
 from .settings import ProxySettings
 from .tei_routes import install_tei_routes
 from .ui_routes import install_ui_routes
+from .vector_encoding import response_items
 
 log = logging.getLogger("bge_triton.proxy")
 ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 408, 413, 429, 503)}
@@ -72,19 +73,22 @@ def create_app(settings: ProxySettings) -> FastAPI:
             return await _embed(body, request)
 
     async def _embed(body: EmbeddingRequest, request: Request) -> Response:
+        truncation = truncation_of(body.truncate)
+        if body.return_chunks and truncation != "chunk":
+            raise ProxyError(400, "return_chunks needs truncate CHUNK", param="return_chunks",
+                             code="return_chunks_without_chunk")  # fmt: skip
         embedded = await service.embed(
-            body.model, body.input, input_type=body.input_type, truncate=body.truncate, dimensions=body.dimensions,
+            body.model, body.input, input_type=body.input_type, truncation=truncation, dimensions=body.dimensions,
             state=request.state,
         )  # fmt: skip
         tokens = embedded.tokens
-        vectors = embedded.vectors
-        if body.encoding_format == "base64":
-            data = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
-        else:
-            data = list(vectors)
+        data = response_items(
+            embedded.vectors, embedded.chunks if body.return_chunks else None, dimensions=body.dimensions,
+            embedding_type=body.embedding_type, encoding_format=body.encoding_format,
+        )  # fmt: skip
         payload = {
             "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
+            "data": data,
             "model": body.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }

@@ -19,6 +19,7 @@ from ..triton_client import EmbeddingResult
 from .errors import ProxyError
 from .fair_share import FairGate, embed_in_slices
 from .inputs import check_request_size, normalise_input
+from .long_inputs import TextChunks, Truncation, embed_beyond_window
 from .metrics import ProxyMetrics
 from .registry import InputType, ModelRegistry, Resolved
 from .settings import ProxySettings
@@ -35,6 +36,7 @@ class Embedded:
     vectors: np.ndarray  # float32 [inputs, dim or dimensions]
     tokens: int  # tokens embedded, all inputs together (usage)
     inputs: int
+    chunks: list[TextChunks] | None = None  # truncation "chunk": per input its windows (long_inputs.py)
 
 
 class EmbeddingService:
@@ -55,6 +57,7 @@ class EmbeddingService:
         dimensions: int | None = None,
         param: str = "input",
         state: Any = None,
+        truncation: Truncation | None = None,
         model_ids: bool = False,
     ) -> Embedded:
         """`raw_input` (a string, a list of strings, token ids or lists of them) embedded with `model`.
@@ -63,6 +66,9 @@ class EmbeddingService:
         each is known. Raises ProxyError (404 unknown model, 400 bad input, 413 too large, 503 Triton
         unavailable ...)."""
         state = state if state is not None else SimpleNamespace()
+        # `truncation` (end, start, none, chunk: long_inputs.py) overrides the boolean `truncate` (end / none)
+        mode: Truncation = truncation or ("end" if truncate else "none")
+        truncate = mode != "none"
         target = await self.registry.resolve(model)
         name, replicas = target.name, target.replicas
         state.model = name
@@ -86,15 +92,30 @@ class EmbeddingService:
         gate = self._gates.get(name) or self._gates.setdefault(
             name, FairGate(self.settings.triton_tokens * len(replicas.clients))
         )
-        result = await embed_in_slices(
-            replicas, gate, items, ids=kind == "ids", query=chosen == "query", truncate=truncate,
-            slice_tokens=self.settings.slice_tokens,
-        )  # fmt: skip
+
+        async def triton(part: list) -> EmbeddingResult:
+            return await embed_in_slices(
+                replicas, gate, part, ids=kind == "ids", query=chosen == "query", truncate=truncate,
+                slice_tokens=self.settings.slice_tokens,
+            )  # fmt: skip
+
+        chunks = None
+        if mode in ("start", "chunk"):  # texts over the window: their end, or every window (long_inputs.py)
+            if kind == "ids":
+                raise ProxyError(400, f"truncate {mode.upper()} takes text input, not token ids", param="input",
+                                 code="unsupported_for_token_ids")  # fmt: skip
+            long = await embed_beyond_window(
+                replicas, gate, items, query=chosen == "query", truncation=mode, max_chunks=self.settings.max_chunks,
+                slice_tokens=self.settings.slice_tokens, embed_texts=triton,
+            )  # fmt: skip
+            result, chunks = long.result, long.chunks
+        else:
+            result = await triton(items)
         self.metrics.triton_seconds.labels(name).observe(time.perf_counter() - started)
         tokens = state.tokens = result.total_tokens
         self.metrics.inputs.labels(name).observe(len(items))
         self.metrics.tokens.labels(name).observe(tokens)
-        return Embedded(name=name, vectors=shorten(result, dimensions), tokens=tokens, inputs=len(items))
+        return Embedded(name=name, vectors=shorten(result, dimensions), tokens=tokens, inputs=len(items), chunks=chunks)
 
 
 def shorten(result: EmbeddingResult, dimensions: int | None) -> np.ndarray:

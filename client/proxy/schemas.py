@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from .vector_encoding import EmbeddingType
+
 TokenIds = list[StrictInt]
 EmbeddingInput = StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
 
@@ -29,13 +31,36 @@ class EmbeddingRequest(BaseModel):
         description="`query` prepends the model's query instruction, `passage` (the default) its passage "
         "instruction; a `NAME-query` / `NAME-passage` model name sets it too (a conflicting value is a 400).",
     )
-    truncate: bool = Field(default=True, description="false: inputs over the model's window are a 400 error.")
+    truncate: bool | StrictStr = Field(  # the strings checked by long_inputs.truncation_of (one clear 400)
+        default=True,
+        description="Inputs over the model's window: `END` or true keeps their start, `START` their end, `NONE` or "
+        "false answers 400, `CHUNK` embeds every window and returns their token-weighted mean (NVIDIA NIM's names; "
+        "lower case accepted).",
+    )
+    return_chunks: bool = Field(
+        default=False, description="With truncate CHUNK: each input's window vectors and character spans too."
+    )
+    embedding_type: EmbeddingType = Field(
+        default="float",
+        description="`int8` / `uint8` (fixed ranges [-1, 1]), `binary` / `ubinary` (sign bits, 8 a byte): "
+        "sentence-transformers' quantize_embeddings; after `dimensions`.",
+    )
+
+
+class ChunkEmbedding(BaseModel):
+    """One window of a long input (`return_chunks`): characters [start, stop) of the input."""
+
+    embedding: list[float] | list[int] | str
+    start: int
+    stop: int
+    tokens: int  # the window's text tokens (its weight in the input's vector)
 
 
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float] | str
+    embedding: list[float] | list[int] | str  # float: numbers; int8, uint8, binary, ubinary: integers; base64
+    chunks: list[ChunkEmbedding] | None = None
 
 
 class Usage(BaseModel):

@@ -50,6 +50,8 @@ class ProxySettings:
     protect_metrics: bool = False  # require a key for /metrics too
     grace_period_s: float = 30.0  # on SIGTERM: how long in-flight requests may finish
     token_ids: TokenIdsMode = "off"  # how token-id arrays in `input` are read (TOKEN_IDS_MODES)
+    # `truncate: "CHUNK"` (long_inputs.py): windows per input at most; a longer input is a 400 (too_many_chunks).
+    max_chunks: int = 64
 
     def __post_init__(self) -> None:
         if self.token_ids not in TOKEN_IDS_MODES:
