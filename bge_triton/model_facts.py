@@ -60,6 +60,9 @@ class ModelFacts:
     uses_token_type_ids: bool
     vocab_size: int
     precision: str = "fp32"
+    # A digest of the exported files (tokenizer, encoder and pooling: weights, code and configs), written at export
+    # (export/repository.py): the export the proxy's vector cache keys vectors by; "" for older exports.
+    fingerprint: str = ""
     # bge-m3's layout: `sparse_linear.pt` and `colbert_linear.pt` beside the checkpoint (FlagEmbedding's
     # BGEM3FlagModel heads); export then adds the sparse / ColBERT models and ensembles.
     m3_heads: bool = False
@@ -158,6 +161,7 @@ class ModelFacts:
             uses_token_type_ids=as_bool(self.uses_token_type_ids),
             vocab_size=int(self.vocab_size),
             precision=str(self.precision),
+            fingerprint=str(self.fingerprint),
             m3_heads=as_bool(self.m3_heads),
             score_bands=str(self.score_bands),
             canary=str(self.canary),

@@ -14,7 +14,7 @@ import numpy as np
 
 from bge_triton.canary import CANARY_TEXTS, Canary
 from bge_triton.evaluation.datasets import DatasetError
-from bge_triton.model_facts import ModelFacts
+from bge_triton.model_facts import ModelFacts, read_facts
 from bge_triton.triton_models.numpy_pooling import numpy_pooling_runner
 from bge_triton.triton_models.torch_runner import torch_runner
 
@@ -204,7 +204,7 @@ def export_model(
         )
     seconds = time.perf_counter() - started
     log.info("wrote %s (%.1f s)", ensemble_dir.parent, seconds)
-    return ExportResult(facts, ensemble_dir, report, seconds)
+    return ExportResult(read_facts(ensemble_dir), ensemble_dir, report, seconds)  # with the export's fingerprint
 
 
 def _export_reranker(
@@ -257,7 +257,7 @@ def _export_torch_engine(
         )  # fmt: skip
     seconds = time.perf_counter() - started
     log.info("wrote %s with the torch engine on %s (%.1f s)", ensemble_dir.parent, device, seconds)
-    return ExportResult(facts, ensemble_dir, report, seconds)
+    return ExportResult(read_facts(ensemble_dir), ensemble_dir, report, seconds)  # with the export's fingerprint
 
 
 def _canary(reference: TorchReference, facts: ModelFacts) -> str:

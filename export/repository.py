@@ -40,6 +40,7 @@ from bge_triton.model_facts import FACTS_FILE, ModelFacts
 from bge_triton.model_names import m3_model_names, model_names
 
 from . import torch_engine
+from .fingerprint import with_fingerprint
 from .gpu_target import ExportOptionsError, add_tensorrt, check_export_options, resolve_options
 from .onnx_export import external_data_file, external_data_locations
 
@@ -497,6 +498,7 @@ def write_repository(
         else:
             pooling = torch_engine.configure_pooling(pooling_config(facts, target, opts), facts)
             _write_model(staging, pooling, torch_engine.pooling_files(SOURCES_DIR))
+        facts = with_fingerprint(facts, staging, names)  # what the proxy's vector cache keys vectors by
         _write_model(staging, ensemble_config(facts, opts, input_names), {}, extra={FACTS_FILE: facts.to_json()})
         _write_model(staging, ensemble_config(facts, opts, input_names, ids=True), {})
         if m3_heads is not None:

@@ -123,8 +123,9 @@ def test_overload_at_four_times_saturation_sheds_with_429(
     triton: TritonOptions, spawn: Callable[..., Service], record_property: Callable[[str, object], None]
 ) -> None:
     port = free_port()
-    proxy = spawn(["serve-proxy", "--triton-url", triton.grpc_url, "--port", str(port), "--max-in-flight", "4"],
-                  port=port, ready_path="/ready")  # fmt: skip
+    # --no-cache: the load repeats its texts, and every request must reach Triton
+    proxy = spawn(["serve-proxy", "--triton-url", triton.grpc_url, "--port", str(port), "--max-in-flight", "4",
+                   "--no-cache"], port=port, ready_path="/ready")  # fmt: skip
     saturation = asyncio.run(closed_loop(proxy.url, workers=4, seconds=4))
     assert set(saturation.statuses()) == {200}, saturation.statuses()
     rate = len(saturation.outcomes) / 4
@@ -190,7 +191,7 @@ def test_triton_queue_rejections_become_429(
     options = TritonOptions(tiny, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     with TritonServer(options, log_file=tmp_path / "triton.log"):
         port = free_port()
-        proxy = spawn(["serve-proxy", "--triton-url", options.grpc_url, "--port", str(port)], port=port)
+        proxy = spawn(["serve-proxy", "--triton-url", options.grpc_url, "--port", str(port), "--no-cache"], port=port)
         report, _ = asyncio.run(open_loop(proxy.url, rate=200, seconds=2, max_requests=300))
     statuses = report.statuses()
     assert not report.lost() and set(statuses) <= {200, 429}, statuses
@@ -207,7 +208,8 @@ def served(repository: Path, spawn: Callable[..., Service]) -> Service:
     ports = [free_port() for _ in range(4)]
     return spawn(
         ["serve", "--repository", str(repository), "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
-         "--metrics-port", str(ports[2]), "--proxy-port", str(ports[3]), "--grace-period", "20"],
+         "--metrics-port", str(ports[2]), "--proxy-port", str(ports[3]), "--grace-period", "20",
+         "--no-cache"],  # the load repeats its texts: every request must reach Triton
         port=ports[3], ready_path="/ready",
     )  # fmt: skip
 

@@ -52,7 +52,8 @@ def test_sigkilled_replica_loses_no_request_and_rejoins(repository: Path, spawn:
     proxy_port = free_port()
     served = spawn(
         ["serve", "--repository", str(repository), "--replicas", "2", "--http-port", str(http),
-         "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--proxy-port", str(proxy_port)],
+         "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--proxy-port", str(proxy_port),
+         "--no-cache"],  # the load repeats its body: every request must reach a replica
         port=proxy_port, ready_path="/ready",
     )  # fmt: skip
     ready = httpx.get(f"{served.url}/ready", timeout=10).json()

@@ -50,6 +50,7 @@ def create_app(settings: ProxySettings) -> FastAPI:
             )
         yield
         await registry.close()
+        await service.close()
 
     app = FastAPI(
         title="bge-triton OpenAI-compatible embeddings",

@@ -24,6 +24,7 @@ from .metrics import ProxyMetrics
 from .registry import InputType, ModelRegistry, Resolved
 from .settings import ProxySettings
 from .token_ids import TiktokenDecoder, load_cl100k, refuse_token_ids
+from .vector_cache import CacheScope, embed_cached, export_identity, vector_cache
 
 InputKind = Literal["text", "ids"]
 
@@ -46,6 +47,7 @@ class EmbeddingService:
         self.metrics = metrics
         self.decoder = TiktokenDecoder(load_cl100k()) if settings.token_ids == "tiktoken" else None
         self._gates: dict[str, FairGate] = {}  # model -> its Triton calls' turns (fair_share.py)
+        self.cache = vector_cache(settings, metrics)  # None with --no-cache
 
     async def embed(
         self,
@@ -92,8 +94,12 @@ class EmbeddingService:
         gate = self._gates.get(name) or self._gates.setdefault(
             name, FairGate(self.settings.triton_tokens * len(replicas.clients))
         )
+        instruction = (
+            "" if kind == "ids" else facts.query_instruction if chosen == "query" else facts.passage_instruction
+        )
+        scope = CacheScope(name, export_identity(facts), instruction, repr(truncate), kind, facts.dim)
 
-        async def triton(part: list) -> EmbeddingResult:
+        async def triton(part: list) -> EmbeddingResult:  # only the inputs the vector cache lacks
             return await embed_in_slices(
                 replicas, gate, part, ids=kind == "ids", query=chosen == "query", truncate=truncate,
                 slice_tokens=self.settings.slice_tokens,
@@ -106,16 +112,21 @@ class EmbeddingService:
                                  code="unsupported_for_token_ids")  # fmt: skip
             long = await embed_beyond_window(
                 replicas, gate, items, query=chosen == "query", truncation=mode, max_chunks=self.settings.max_chunks,
-                slice_tokens=self.settings.slice_tokens, embed_texts=triton,
+                slice_tokens=self.settings.slice_tokens,
+                embed_texts=lambda part: embed_cached(self.cache, scope, part, triton),
             )  # fmt: skip
             result, chunks = long.result, long.chunks
         else:
-            result = await triton(items)
+            result = await embed_cached(self.cache, scope, items, triton)
         self.metrics.triton_seconds.labels(name).observe(time.perf_counter() - started)
         tokens = state.tokens = result.total_tokens
         self.metrics.inputs.labels(name).observe(len(items))
         self.metrics.tokens.labels(name).observe(tokens)
         return Embedded(name=name, vectors=shorten(result, dimensions), tokens=tokens, inputs=len(items), chunks=chunks)
+
+    async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.close()
 
 
 def shorten(result: EmbeddingResult, dimensions: int | None) -> np.ndarray:

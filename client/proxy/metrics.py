@@ -39,3 +39,18 @@ class ProxyMetrics:
             "bge_proxy_triton_seconds", "time spent waiting for Triton per request", ["model"],
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        # The vector cache (vector_cache.py): inputs answered from it (tier: local or redis) and sent to Triton
+        self.cache_hits = Counter("bge_proxy_cache_hits", "inputs answered from the vector cache", ["model", "tier"],
+                                  registry=r)  # fmt: skip
+        self.cache_misses = Counter("bge_proxy_cache_misses", "inputs the vector cache lacked", ["model"], registry=r)
+        self.cache_hit_ratio = Gauge("bge_proxy_cache_hit_ratio", "cache hits / inputs looked up, since start",
+                                     registry=r)  # fmt: skip
+        self.cache_evictions = Counter("bge_proxy_cache_evictions", "entries evicted from the local cache", registry=r)
+        self.cache_bytes = Gauge("bge_proxy_cache_bytes", "bytes the local cache holds (of --cache-mb)", registry=r)
+        self.cache_entries = Gauge("bge_proxy_cache_entries", "entries in the local cache", registry=r)
+        self.cache_redis_errors = Counter("bge_proxy_cache_redis_errors", "failed Redis calls (served as misses)",
+                                          registry=r)  # fmt: skip
+        self.cache_redis_up = Gauge(
+            "bge_proxy_cache_redis_up", "0 while the shared Redis (--cache-url) fails, else 1", registry=r
+        )
+        self.cache_redis_up.set(1)

@@ -50,12 +50,22 @@ class ProxySettings:
     protect_metrics: bool = False  # require a key for /metrics too
     grace_period_s: float = 30.0  # on SIGTERM: how long in-flight requests may finish
     token_ids: TokenIdsMode = "off"  # how token-id arrays in `input` are read (TOKEN_IDS_MODES)
+    # The vector cache (vector_cache.py): a per-process LRU of `cache_mb` MiB (0: none; 1,024-dim vectors take
+    # ~4.3 KB each, so 256 MiB hold ~60,000) and, with `cache_url` (redis://...), a Redis the replicas share,
+    # whose entries expire after `cache_ttl_s`. `--no-cache`: both off.
+    cache_mb: int = 256
+    cache_url: str = ""
+    cache_ttl_s: int = 7 * 24 * 3600
     # `truncate: "CHUNK"` (long_inputs.py): windows per input at most; a longer input is a 400 (too_many_chunks).
     max_chunks: int = 64
 
     def __post_init__(self) -> None:
         if self.token_ids not in TOKEN_IDS_MODES:
             raise ValueError(f"token_ids must be one of {', '.join(TOKEN_IDS_MODES)}, not {self.token_ids!r}")
+        if self.cache_mb < 0:
+            raise ValueError(f"cache_mb must be 0 (no local cache) or more, not {self.cache_mb}")
+        if self.cache_url and not self.cache_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"cache_url must be a redis://, rediss:// or unix:// URL, not {self.cache_url!r}")
 
     def __repr__(self) -> str:  # never print the keys
         return (
