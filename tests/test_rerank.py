@@ -261,3 +261,33 @@ def test_rerankers_are_not_listed_as_embedding_models(proxy: Service) -> None:
     assert RERANKER not in ids and "all-MiniLM-L6-v2" in ids
     listed = httpx.get(f"{proxy.url}/v1/rerank/models", timeout=10).json()["data"]
     assert listed == [{"id": RERANKER, "max_tokens": 8192}]
+
+
+# -- the web page's rerank panel ----------------------------------------------------------------------------------
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed: ./install.sh --with-bench-tools")
+def test_web_page_rerank_panel_orders_as_the_api(proxy: Service, client: RerankClient) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox",
+                                                                                  "--disable-gpu"])  # fmt: skip
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{proxy.url}/ui/")
+        page.wait_for_function("() => document.body.dataset.rerankers === '1'")
+        page.click("#tab-rerank")
+        page.fill("#rerank-query", QUERY)
+        page.fill("#rerank-documents", "\n".join(DOCUMENTS))
+        before = int(page.evaluate("Number(document.body.dataset.seq || 0)"))
+        page.click("#rerank")
+        page.wait_for_function(f"() => Number(document.body.dataset.seq || 0) > {before}", timeout=60_000)
+        indices = [int(i) for i in page.eval_on_selector_all("#rerank-list li", "els => els.map(e => e.dataset.index)")]
+        shown = page.eval_on_selector_all("#rerank-list .rerank-score", "els => els.map(e => e.textContent)")
+        browser.close()
+    want = client.rerank(QUERY, DOCUMENTS)
+    assert indices == [r.index for r in want] and not errors
+    assert shown == [f"{r.relevance_score:.4f}" for r in want]

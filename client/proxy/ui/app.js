@@ -84,7 +84,7 @@ function clearError() {
 }
 
 // the result box each mode's primary button fills: hidden when that action fails, so no stale result stays
-const RESULTS = { compare: "two-result", matrix: "many-result", tokenize: "token-result" };
+const RESULTS = { compare: "two-result", matrix: "many-result", tokenize: "token-result", rerank: "rerank-result" };
 
 async function action(button, work) {
   clearError();
@@ -658,11 +658,58 @@ async function download() {
   $("copy-state").textContent = "downloaded " + payload.data.length + " vector(s)";
 }
 
+// ---------------------------------------------------------------- rerank (shown when the proxy serves a reranker)
+async function loadRerankers() {
+  let data = { data: [] };
+  try {
+    data = (await api("/v1/rerank/models")).data;
+  } catch (_) {
+    data = { data: [] }; // an older proxy, or Triton down: no rerank tab
+  }
+  const select = $("reranker");
+  select.textContent = "";
+  for (const card of data.data) {
+    const option = document.createElement("option");
+    option.value = card.id;
+    option.textContent = card.id;
+    option.dataset.maxTokens = String(card.max_tokens);
+    select.append(option);
+  }
+  $("tab-rerank").hidden = data.data.length === 0;
+  const chosen = select.selectedOptions[0];
+  $("reranker-info").textContent = chosen ? chosen.dataset.maxTokens + "-token window per query + document" : "";
+  document.body.dataset.rerankers = String(data.data.length);
+}
+
+async function rerank() {
+  requireText($("rerank-query").value, "query");
+  const query = $("rerank-query").value.trim();
+  const documents = lines($("rerank-documents").value);
+  if (!documents.length) throw new ApiError(0, "enter at least one document, one per line", "documents");
+  const { data } = await api("/v1/rerank", { model: $("reranker").value, query, documents, return_documents: true });
+  const list = $("rerank-list");
+  list.textContent = "";
+  for (const result of data.results) {
+    const item = document.createElement("li");
+    const score = document.createElement("span");
+    score.className = "rerank-score";
+    score.textContent = result.relevance_score.toFixed(4);
+    const text = document.createElement("span");
+    text.className = "rerank-text";
+    text.textContent = result.document.text;
+    item.dataset.index = String(result.index);
+    item.append(score, text);
+    list.append(item);
+  }
+  $("rerank-usage").textContent = data.usage.total_tokens + " tokens";
+  $("rerank-result").hidden = false;
+}
+
 // ---------------------------------------------------------------- wiring
 function selectMode(mode) {
   state.mode = mode;
   for (const tab of document.querySelectorAll("[role=tab]")) tab.setAttribute("aria-selected", String(tab.dataset.mode === mode));
-  for (const name of ["two", "many", "tokens"]) $("mode-" + name).hidden = name !== mode;
+  for (const name of ["two", "many", "tokens", "rerank"]) $("mode-" + name).hidden = name !== mode;
   $("snippet").hidden = true;
   $("copy-state").textContent = "";
 }
@@ -687,6 +734,7 @@ function init() {
   $("compare").addEventListener("click", () => action($("compare"), compare));
   $("matrix").addEventListener("click", () => action($("matrix"), heatmap));
   $("tokenize").addEventListener("click", () => action($("tokenize"), tokenize));
+  $("rerank").addEventListener("click", () => action($("rerank"), rerank));
   $("copy-curl").addEventListener("click", () => action(null, () => copyText("curl")));
   $("copy-python").addEventListener("click", () => action(null, () => copyText("python")));
   $("download").addEventListener("click", () => action(null, download));
@@ -709,6 +757,7 @@ function init() {
   });
   showKeyState();
   loadModels();
+  loadRerankers();
 }
 
 init();
