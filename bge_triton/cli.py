@@ -61,7 +61,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository to write")
     p.add_argument("--max-batch-size", type=int, default=64, help="largest dynamic batch Triton forms")
     p.add_argument(
-        "--max-queue-delay-us", type=int, default=2000, help="microseconds Triton waits to fill a dynamic batch"
+        "--max-queue-delay-us",
+        type=int,
+        default=None,
+        help="microseconds the encoder waits to fill a dynamic batch (default: 0 local, 2000 container-gpu)",
     )
     p.add_argument(
         "--encoder-instances",

@@ -30,6 +30,11 @@ log = logging.getLogger("bge_triton.export")
 SMALLEST_BUCKET = 16
 GPU_MAX_BATCH_TOKENS = 65_536  # rows x padded width per encoder execution on the GPU target
 GPU_ENCODER_INSTANCES = 2  # one instance computes while the other's batch is gathered and copied
+# The encoder's dynamic-batching wait: none on local, where one encoder instance batches the requests that queued
+# while it ran (a lone RAG query is not held back; issue 19), 2 ms on the GPU, where the tokenizer's wait lets
+# requests share a padded width.
+LOCAL_QUEUE_DELAY_US = 0
+GPU_QUEUE_DELAY_US = 2000
 TRT_CACHE_PATH = "/trt-cache"  # a volume in compose and Kubernetes: engines survive restarts
 
 
@@ -79,9 +84,13 @@ def resolve_options(opts: BatchingOptions, target: Target, max_tokens: int) -> B
                 "container-gpu: max batch size %d (was %d) so that rows x %d-token window <= %d tokens per execution",
                 batch, opts.max_batch_size, max_tokens, budget,
             )  # fmt: skip
+    delay = opts.max_queue_delay_us
+    if delay is None:
+        delay = GPU_QUEUE_DELAY_US if gpu else LOCAL_QUEUE_DELAY_US
     return dataclasses.replace(
-        opts, pad_buckets=buckets, encoder_instances=instances, max_batch_tokens=budget, max_batch_size=batch
-    )
+        opts, pad_buckets=buckets, encoder_instances=instances, max_batch_tokens=budget, max_batch_size=batch,
+        max_queue_delay_us=delay,
+    )  # fmt: skip
 
 
 def tensorrt_profile(input_names: list[str], buckets: tuple[int, ...], max_batch_size: int) -> dict[str, str]:

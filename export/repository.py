@@ -17,8 +17,11 @@ written with `text_format`, so every generated config.pbtxt parses as Triton's o
 
 Targets (everything but the encoder and pooling models is identical):
 - `local`: encoder and pooling run `model.onnx` through `onnx_runner.py` (Python backend +
-  onnxruntime), since the onnxruntime backend is only in the NGC container;
-- `container-gpu`: the same `model.onnx` files under `platform: "onnxruntime_onnx"` on KIND_GPU.
+  onnxruntime), since the onnxruntime backend is only in the NGC container. The encoder folder also holds the
+  pooling graph (`pooling.onnx`, parameter `pooling_onnx_file`) and pools each sub-batch right after encoding it
+  (output `embedding`): the ensembles map it to EMBEDDING and run two steps, tokenizer -> encoder, one
+  Python-backend hop fewer per request (issue 19). `<name>-pooling` stays, the pooling step on its own;
+- `container-gpu`: the same `model.onnx` files under `platform: "onnxruntime_onnx"` on KIND_GPU, three steps.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ Target = Literal["local", "container-gpu"]
 TARGETS: tuple[str, ...] = ("local", "container-gpu")
 SOURCES_DIR = Path(triton_models.__file__).parent
 STAGING_PREFIX = ".bge-triton-staging-"
+POOLING_FILE = "pooling.onnx"  # the pooling graph inside a folded encoder's version folder (local target)
 
 TYPE = {
     "bytes": mc.TYPE_STRING,
@@ -70,7 +74,9 @@ class TorchEncoder:
 class BatchingOptions:
     max_batch_size: int = 64
     preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
-    max_queue_delay_us: int = 2000
+    # The encoder's wait to fill a batch. None: the target's default (gpu_target.py): 0 on local (a lone query runs
+    # at once; requests that arrive while the encoder is busy still batch together), 2 ms on container-gpu.
+    max_queue_delay_us: int | None = None
     encoder_instances: int | None = None  # None: 1 on the local target, 2 on container-gpu
     pad_to_multiple_of: int = 8
     # Fixed padding widths: None = the target's default (container-gpu: 16, 32, ... the window; local: none, pad
@@ -124,7 +130,7 @@ def _dynamic_batching(config: mc.ModelConfig, opts: BatchingOptions, *, waits: b
     never wait, since their delay would be paid once per step by every request (3 x 2 ms at batch 1)."""
     preferred = [b for b in opts.preferred_batch_sizes if b <= opts.max_batch_size]
     config.dynamic_batching.preferred_batch_size.extend(preferred)
-    config.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us if waits else 0
+    config.dynamic_batching.max_queue_delay_microseconds = (opts.max_queue_delay_us or 0) if waits else 0
     policy = config.dynamic_batching.default_queue_policy
     policy.max_queue_size = opts.max_queue_size
     policy.timeout_action = mc.ModelQueuePolicy.REJECT
@@ -219,8 +225,11 @@ def _onnx_model_config(
     return config
 
 
-def encoder_config(facts: ModelFacts, target: Target, opts: BatchingOptions, input_names: list[str]) -> mc.ModelConfig:
-    return _onnx_model_config(
+def encoder_config(
+    facts: ModelFacts, target: Target, opts: BatchingOptions, input_names: list[str], *, pooled: bool = False
+) -> mc.ModelConfig:
+    """`pooled` (local target): the encoder also runs the pooling graph (`POOLING_FILE`) and outputs `embedding`."""
+    config = _onnx_model_config(
         model_names(facts.name)["encoder"],
         target,
         opts,
@@ -231,6 +240,10 @@ def encoder_config(facts: ModelFacts, target: Target, opts: BatchingOptions, inp
         tensorrt=opts.tensorrt,  # the encoder only: the pooling and head graphs are too small to gain from it
         waits=True,  # the one step where a fuller batch pays
     )
+    if pooled:
+        config.output.append(_out("embedding", "fp32", [facts.dim]))
+        config.parameters["pooling_onnx_file"].string_value = POOLING_FILE
+    return config
 
 
 def pooling_config(facts: ModelFacts, target: Target, opts: BatchingOptions) -> mc.ModelConfig:
@@ -289,9 +302,12 @@ def m3_post_config(facts: ModelFacts, opts: BatchingOptions, heads: M3HeadFiles,
     return config
 
 
-def _tokenize_and_encode_steps(config: mc.ModelConfig, name: str, input_names: list[str], source: str) -> None:
+def _tokenize_and_encode_steps(
+    config: mc.ModelConfig, name: str, input_names: list[str], source: str, encoder_outputs: dict[str, str]
+) -> None:
     """The ensemble steps every embedding ensemble starts with: `<name>-tokenizer` on `source` (TEXT or
-    TOKEN_IDS), then `<name>-encoder` -> `last_hidden_state`; the tokenizer's counts become the ensemble's."""
+    TOKEN_IDS), then `<name>-encoder` -> `encoder_outputs` (its output -> the ensemble tensor); the tokenizer's
+    counts become the ensemble's."""
     names = model_names(name)
     tokenizer_outputs = {"INPUT_IDS": "input_ids", "ATTENTION_MASK": "attention_mask"}
     if "token_type_ids" in input_names:
@@ -303,15 +319,22 @@ def _tokenize_and_encode_steps(config: mc.ModelConfig, name: str, input_names: l
         model_name=names["encoder"],
         model_version=-1,
         input_map={n: n for n in input_names},
-        output_map={"last_hidden_state": "last_hidden_state"},
+        output_map=encoder_outputs,
     )
 
 
 def m3_ensemble_config(
-    facts: ModelFacts, opts: BatchingOptions, input_names: list[str], heads: M3HeadFiles, kind: str
+    facts: ModelFacts,
+    opts: BatchingOptions,
+    input_names: list[str],
+    heads: M3HeadFiles,
+    kind: str,
+    *,
+    pooled: bool = False,
 ) -> mc.ModelConfig:
     """`<name>-sparse` (kind "sparse"), `<name>-colbert` ("colbert") or `<name>-m3` ("m3"): TEXT in, one encoder
-    pass, then the heads the kind asks for."""
+    pass, then the heads the kind asks for (`pooled`: the encoder's own `embedding` is EMBEDDING, no pooling
+    step)."""
     names, m3 = model_names(facts.name), m3_model_names(facts.name)
     dense, sparse, colbert = kind == "m3", kind in ("sparse", "m3"), kind in ("colbert", "m3")
     config = mc.ModelConfig(name=m3[f"{kind}_ensemble"], platform="ensemble", max_batch_size=opts.max_batch_size)
@@ -326,10 +349,13 @@ def m3_ensemble_config(
         config.output.append(_out("COLBERT_LENGTH", "int64", [1]))
     config.output.append(_out("TOKEN_COUNT", "int64", [1]))
     config.output.append(_out("FULL_TOKEN_COUNT", "int64", [1]))
-    _tokenize_and_encode_steps(config, facts.name, input_names, "TEXT")
+    encoder_outputs = {"last_hidden_state": "last_hidden_state"} if sparse or colbert or not pooled else {}
+    if dense and pooled:
+        encoder_outputs["embedding"] = "EMBEDDING"
+    _tokenize_and_encode_steps(config, facts.name, input_names, "TEXT", encoder_outputs)
     steps = config.ensemble_scheduling.step
     hidden_and_mask = {"last_hidden_state": "last_hidden_state", "attention_mask": "attention_mask"}
-    if dense:
+    if dense and not pooled:
         steps.add(
             model_name=names["pooling"],
             model_version=-1,
@@ -367,9 +393,11 @@ def m3_ensemble_config(
 
 
 def ensemble_config(
-    facts: ModelFacts, opts: BatchingOptions, input_names: list[str], *, ids: bool = False
+    facts: ModelFacts, opts: BatchingOptions, input_names: list[str], *, ids: bool = False, pooled: bool = False
 ) -> mc.ModelConfig:
-    """`<name>`: TEXT in; `<name>-ids` (ids=True): TOKEN_IDS in (rows right-padded with -1)."""
+    """`<name>`: TEXT in; `<name>-ids` (ids=True): TOKEN_IDS in (rows right-padded with -1). Three concerns,
+    tokenizer -> encoder -> pooling; `pooled` (local target): the encoder step pools (`encoder_config(pooled=True)`)
+    and its `embedding` is EMBEDDING, two steps at run time."""
     names = model_names(facts.name)
     source = ("TOKEN_IDS", "int64", [-1]) if ids else ("TEXT", "bytes", [1])
     name = names["ids_ensemble"] if ids else names["ensemble"]
@@ -378,13 +406,18 @@ def ensemble_config(
     config.output.append(_out("EMBEDDING", "fp32", [facts.dim]))
     config.output.append(_out("TOKEN_COUNT", "int64", [1]))
     config.output.append(_out("FULL_TOKEN_COUNT", "int64", [1]))
-    _tokenize_and_encode_steps(config, facts.name, input_names, source[0])
-    config.ensemble_scheduling.step.add(
-        model_name=names["pooling"],
-        model_version=-1,
-        input_map={"last_hidden_state": "last_hidden_state", "attention_mask": "attention_mask"},
-        output_map={"embedding": "EMBEDDING"},
-    )
+    if pooled:
+        _tokenize_and_encode_steps(config, facts.name, input_names, source[0], {"embedding": "EMBEDDING"})
+    else:
+        _tokenize_and_encode_steps(
+            config, facts.name, input_names, source[0], {"last_hidden_state": "last_hidden_state"}
+        )
+        config.ensemble_scheduling.step.add(
+            model_name=names["pooling"],
+            model_version=-1,
+            input_map={"last_hidden_state": "last_hidden_state", "attention_mask": "attention_mask"},
+            output_map={"embedding": "EMBEDDING"},
+        )
     _set_params(config, facts.to_parameters())
     return config
 
@@ -482,9 +515,12 @@ def write_repository(
                 "tokenizer.json": tokenizer_json,
             },
         )
-        encoder = encoder_config(facts, target, opts, input_names)
+        pooled = local and torch_encoder is None  # the encoder step pools: two steps at run time
+        encoder = encoder_config(facts, target, opts, input_names, pooled=pooled)
         if torch_encoder is None:
             encoder_files = {"model.onnx": encoder_onnx, **runner}
+            if pooled:
+                encoder_files[POOLING_FILE] = pooling_onnx
             if local:
                 encoder = torch_engine.place_onnx_encoder(encoder, device)
         else:
@@ -499,10 +535,12 @@ def write_repository(
             pooling = torch_engine.configure_pooling(pooling_config(facts, target, opts), facts)
             _write_model(staging, pooling, torch_engine.pooling_files(SOURCES_DIR))
         facts = with_fingerprint(facts, staging, names)  # what the proxy's vector cache keys vectors by
-        _write_model(staging, ensemble_config(facts, opts, input_names), {}, extra={FACTS_FILE: facts.to_json()})
-        _write_model(staging, ensemble_config(facts, opts, input_names, ids=True), {})
+        _write_model(
+            staging, ensemble_config(facts, opts, input_names, pooled=pooled), {}, extra={FACTS_FILE: facts.to_json()}
+        )
+        _write_model(staging, ensemble_config(facts, opts, input_names, ids=True, pooled=pooled), {})
         if m3_heads is not None:
-            folders += _write_m3_models(staging, facts, target, opts, input_names, m3_heads, runner)
+            folders += _write_m3_models(staging, facts, target, opts, input_names, m3_heads, runner, pooled=pooled)
         for folder in folders:
             dest = repository / folder
             if dest.exists():
@@ -585,6 +623,8 @@ def _write_m3_models(
     input_names: list[str],
     heads: M3HeadFiles,
     runner: dict[str, Path],
+    *,
+    pooled: bool = False,
 ) -> list[str]:
     post = {"model.py": SOURCES_DIR / "m3_heads.py"}
     _write_model(staging, sparse_head_config(facts, target, opts), {"model.onnx": heads.sparse_onnx, **runner})
@@ -596,5 +636,5 @@ def _write_m3_models(
     _write_model(staging, m3_post_config(facts, opts, heads, "sparse"), post)
     _write_model(staging, m3_post_config(facts, opts, heads, "colbert"), post)
     for kind in ("sparse", "colbert", "m3"):
-        _write_model(staging, m3_ensemble_config(facts, opts, input_names, heads, kind), {})
+        _write_model(staging, m3_ensemble_config(facts, opts, input_names, heads, kind, pooled=pooled), {})
     return list(m3_model_names(facts.name).values())

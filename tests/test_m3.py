@@ -164,10 +164,13 @@ def test_ensemble_contract(m3_export: ExportResult) -> None:
         name: [s.model_name for s in _parse(repo / name / "config.pbtxt").ensemble_scheduling.step]
         for name in (MODEL, f"{MODEL}-m3", f"{MODEL}-sparse", f"{MODEL}-colbert")
     }
-    assert steps[MODEL] == [f"{MODEL}-tokenizer", f"{MODEL}-encoder", f"{MODEL}-pooling"]
+    # the local target's encoder pools (issue 19): no pooling step, the encoder's `embedding` is EMBEDDING
+    assert steps[MODEL] == [f"{MODEL}-tokenizer", f"{MODEL}-encoder"]
     assert steps[f"{MODEL}-sparse"] == [f"{MODEL}-tokenizer", f"{MODEL}-encoder", f"{MODEL}-sparse-head",
                                         f"{MODEL}-sparse-post"]  # fmt: skip
-    assert steps[f"{MODEL}-m3"].count(f"{MODEL}-encoder") == 1 and len(steps[f"{MODEL}-m3"]) == 7
+    assert steps[f"{MODEL}-m3"].count(f"{MODEL}-encoder") == 1 and len(steps[f"{MODEL}-m3"]) == 6
+    m3_encoder = _parse(repo / f"{MODEL}-m3" / "config.pbtxt").ensemble_scheduling.step[1]
+    assert dict(m3_encoder.output_map) == {"last_hidden_state": "last_hidden_state", "embedding": "EMBEDDING"}
     assert not any("colbert" in m for m in steps[f"{MODEL}-sparse"])
 
 

@@ -56,9 +56,19 @@ def test_every_config_parses(both_targets: dict[str, Path], target: str) -> None
 
 def test_targets_differ_only_in_encoder_and_pooling(both_targets: dict[str, Path]) -> None:
     local, gpu = both_targets["local"], both_targets["container-gpu"]
-    for suffix in ("", "-ids", "-tokenize"):
-        model = f"all-MiniLM-L6-v2{suffix}"
-        assert (local / model / "config.pbtxt").read_text() == (gpu / model / "config.pbtxt").read_text()
+    model = "all-MiniLM-L6-v2-tokenize"
+    assert (local / model / "config.pbtxt").read_text() == (gpu / model / "config.pbtxt").read_text()
+    # the ensembles differ in their steps only: on local the encoder pools (two steps), on the GPU three
+    for model in ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2-ids"):
+        le, ge = (_parse(root / model / "config.pbtxt") for root in (local, gpu))
+        assert [s.model_name for s in ge.ensemble_scheduling.step][1:] == [
+            "all-MiniLM-L6-v2-encoder", "all-MiniLM-L6-v2-pooling"]  # fmt: skip
+        assert [s.model_name for s in le.ensemble_scheduling.step][1:] == ["all-MiniLM-L6-v2-encoder"]
+        for config in (le, ge):  # and in the export's digest of the folders (their encoder configs differ)
+            config.ClearField("ensemble_scheduling")
+            if "fingerprint" in config.parameters:
+                del config.parameters["fingerprint"]
+        assert le == ge
     # the tokenizer differs in its padding widths only: fixed buckets for the onnxruntime backend (gpu_target.py),
     # and so it waits to gather requests that will share a width, like the encoder
     lt, gt = (_parse(root / "all-MiniLM-L6-v2-tokenizer/config.pbtxt") for root in (local, gpu))
@@ -84,13 +94,18 @@ def test_targets_differ_only_in_encoder_and_pooling(both_targets: dict[str, Path
 
 
 def test_ensemble_chains_tokenizer_encoder_pooling(both_targets: dict[str, Path], exported: ExportResult) -> None:
-    config = _parse(both_targets["local"] / "all-MiniLM-L6-v2/config.pbtxt")
-    assert config.platform == "ensemble"
-    steps = config.ensemble_scheduling.step
+    gpu = _parse(both_targets["container-gpu"] / "all-MiniLM-L6-v2/config.pbtxt")
+    assert gpu.platform == "ensemble"
+    steps = gpu.ensemble_scheduling.step
     assert [s.model_name for s in steps] == [
         "all-MiniLM-L6-v2-tokenizer", "all-MiniLM-L6-v2-encoder", "all-MiniLM-L6-v2-pooling",
     ]  # fmt: skip
     assert dict(steps[2].output_map) == {"embedding": "EMBEDDING"}
+    config = _parse(both_targets["local"] / "all-MiniLM-L6-v2/config.pbtxt")  # the encoder step pools there
+    assert config.platform == "ensemble"
+    steps = config.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["all-MiniLM-L6-v2-tokenizer", "all-MiniLM-L6-v2-encoder"]
+    assert dict(steps[1].output_map) == {"embedding": "EMBEDDING"}
     assert [(o.name, list(o.dims)) for o in config.output] == [
         ("EMBEDDING", [384]), ("TOKEN_COUNT", [1]), ("FULL_TOKEN_COUNT", [1]),
     ]  # fmt: skip
@@ -100,13 +115,17 @@ def test_ensemble_chains_tokenizer_encoder_pooling(both_targets: dict[str, Path]
     assert ModelFacts.from_dict(saved) == exported.facts
 
 
-def test_dynamic_batching_configured(both_targets: dict[str, Path]) -> None:
+@pytest.mark.parametrize(("target", "encoder_wait"), [("local", 0), ("container-gpu", 2000)])
+def test_dynamic_batching_configured(both_targets: dict[str, Path], target: str, encoder_wait: int) -> None:
     for model in ("tokenizer", "encoder", "pooling"):
-        config = _parse(both_targets["local"] / f"all-MiniLM-L6-v2-{model}/config.pbtxt")
+        config = _parse(both_targets[target] / f"all-MiniLM-L6-v2-{model}/config.pbtxt")
         assert config.HasField("dynamic_batching")
         assert list(config.dynamic_batching.preferred_batch_size) == [8, 16, 32]
-        # Only the encoder waits to fill a batch; the steps around it batch what queued and never wait.
-        assert config.dynamic_batching.max_queue_delay_microseconds == (2000 if model == "encoder" else 0)
+        # Only the encoder waits to fill a batch, and only on the GPU target (with the tokenizer, whose wait
+        # makes requests share a padded width); on local a lone query never waits (issue 19). The steps around
+        # it batch what queued and never wait.
+        waits = {"encoder": encoder_wait, "tokenizer": 2000 if target == "container-gpu" else 0}
+        assert config.dynamic_batching.max_queue_delay_microseconds == waits.get(model, 0)
         policy = config.dynamic_batching.default_queue_policy
         assert policy.max_queue_size == 512 and policy.timeout_action == mc.ModelQueuePolicy.REJECT
         assert policy.default_timeout_microseconds == 30_000_000
@@ -117,7 +136,7 @@ def test_ids_ensemble_shares_the_chain_and_takes_token_ids(both_targets: dict[st
     assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("TOKEN_IDS", mc.TYPE_INT64, [-1])]
     steps = config.ensemble_scheduling.step
     assert dict(steps[0].input_map) == {"TOKEN_IDS": "TOKEN_IDS"}
-    assert [s.model_name for s in steps[1:]] == ["all-MiniLM-L6-v2-encoder", "all-MiniLM-L6-v2-pooling"]
+    assert [s.model_name for s in steps[1:]] == ["all-MiniLM-L6-v2-encoder"]  # which pools (local target)
     tokenizer = _parse(both_targets["local"] / "all-MiniLM-L6-v2-tokenizer/config.pbtxt")
     assert [(i.name, i.optional) for i in tokenizer.input] == [("TEXT", True), ("TOKEN_IDS", True)]
 

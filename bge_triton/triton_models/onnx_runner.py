@@ -74,6 +74,54 @@ def select_providers(device: str, available: list[str], device_id: int = 0) -> l
     return [*gpu, "CPUExecutionProvider"]
 
 
+def onnx_session(onnx_path: str | Path, *, threads: int = 0, device: str = "cpu", device_id: int = 0) -> Any:
+    """An onnxruntime session on `onnx_path`: all graph optimisations, `threads` intra-op threads (0: onnxruntime's
+    default), one inter-op thread, the providers of `device`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    providers = select_providers(device, ort.get_available_providers(), device_id)
+    return ort.InferenceSession(str(onnx_path), options, providers=providers)
+
+
+class PooledSession:
+    """An encoder session and the pooling after it as one session (the `local` target's encoder step): the
+    encoder's outputs plus the pooling's (`embedding`), pooled on the same sub-batch right after the encoder ran,
+    so a request makes one Python-backend hop fewer. The pooling reads its inputs from the encoder's outputs
+    (`last_hidden_state`, as float32) and, for the rest, from the encoder's feeds (`attention_mask`: the
+    sub-batch's, zero past each row's length, so padding never reaches a pooled vector). It runs only when one of
+    its outputs is asked for; the encoder runs for both."""
+
+    def __init__(self, encoder: Any, pooling: Any):
+        self.encoder = encoder
+        self.pooling = pooling
+        self._encoded = [o.name for o in encoder.get_outputs()]
+        self._pooled = [o.name for o in pooling.get_outputs()]
+        self._pool_inputs = [i.name for i in pooling.get_inputs()]
+
+    def get_inputs(self) -> list[Any]:
+        return self.encoder.get_inputs()
+
+    def get_outputs(self) -> list[Any]:
+        return [*self.encoder.get_outputs(), *self.pooling.get_outputs()]
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        wanted = list(output_names) if output_names else [*self._encoded, *self._pooled]
+        pool = any(name in self._pooled for name in wanted)
+        encoded = [n for n in self._encoded if n in wanted or (pool and n in self._pool_inputs)]
+        values = dict(zip(encoded, self.encoder.run(encoded, feeds), strict=True))
+        if pool:
+            pool_feeds = {
+                n: values[n].astype(np.float32, copy=False) if n in values else feeds[n] for n in self._pool_inputs
+            }
+            values.update(zip(self._pooled, self.pooling.run(self._pooled, pool_feeds), strict=True))
+        return [values[name] for name in wanted]
+
+
 def plan_sub_batches(lengths: list[int], max_batch_tokens: int) -> list[list[int]]:
     """Row indices grouped into sub-batches, longest rows first: each group's size x its longest length stays
     within `max_batch_tokens` (a row longer than the budget alone), and a row joins a group only when the group's
@@ -113,15 +161,7 @@ class PaddedOnnxRunner:
         """`session`: anything with onnxruntime's `get_inputs()`, `get_outputs()` and `run(names, feeds)` (the
         torch engine's `TorchEncoderSession`); None: an onnxruntime session on `onnx_path`."""
         if session is None:
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            if threads > 0:
-                options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            providers = select_providers(device, ort.get_available_providers(), device_id)
-            session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+            session = onnx_session(onnx_path, threads=threads, device=device, device_id=device_id)
         self.session = session
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -132,8 +172,12 @@ class PaddedOnnxRunner:
         # (rows, padded length) of each onnxruntime call made by the last `run` (what the token budget chose).
         self.last_sub_batches: list[tuple[int, int]] = []
 
-    def run(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-        """Run all requests' rows in token-budgeted sub-batches; returns each request's outputs."""
+    def run(
+        self, requests: list[dict[str, np.ndarray]], outputs: list[str] | None = None
+    ) -> list[dict[str, np.ndarray]]:
+        """Run all requests' rows in token-budgeted sub-batches; returns each request's outputs (`outputs`: only
+        these, in the session's order; None: all)."""
+        names = self.output_names if outputs is None else [n for n in self.output_names if n in outputs]
         sizes = [next(iter(feeds.values())).shape[0] for feeds in requests]
         widths = [self._sequence_length(feeds) for feeds in requests]
         rows = [
@@ -143,15 +187,15 @@ class PaddedOnnxRunner:
         ]
         self.last_sub_batches = []
         if not rows:
-            return self._run_whole(requests, sizes, widths)
+            return self._run_whole(requests, sizes, widths, names)
         answers: list[dict[str, np.ndarray]] = [{} for _ in requests]
         for group in plan_sub_batches([row.length for row in rows], self.max_batch_tokens):
             members = [rows[i] for i in group]
             padded = max(row.length for row in members)
             feeds = {name: self._gather(name, requests, members, padded) for name in self.input_names}
             self.last_sub_batches.append((len(members), padded))
-            results = self.session.run(self.output_names, feeds)
-            for name, value in zip(self.output_names, results, strict=True):
+            results = self.session.run(names, feeds)
+            for name, value in zip(names, results, strict=True):
                 for j, row in enumerate(members):
                     self._scatter(answers, name, value[j], row, sizes, widths)
         return answers
@@ -196,7 +240,9 @@ class PaddedOnnxRunner:
         else:
             answer[name][row.row] = value
 
-    def _run_whole(self, requests: list[dict[str, np.ndarray]], sizes: list[int], widths: list[int]):
+    def _run_whole(
+        self, requests: list[dict[str, np.ndarray]], sizes: list[int], widths: list[int], names: list[str]
+    ) -> list[dict[str, np.ndarray]]:
         """One padded call for the whole batch (a batch without rows)."""
         longest = max(widths) if widths else 0
         merged: dict[str, np.ndarray] = {}
@@ -205,12 +251,12 @@ class PaddedOnnxRunner:
             if name in self._seq_inputs:
                 parts = [self._pad(name, part, longest) for part in parts]
             merged[name] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        results = self.session.run(self.output_names, merged)
+        results = self.session.run(names, merged)
         answers: list[dict[str, np.ndarray]] = []
         start = 0
         for size, length in zip(sizes, widths, strict=True):
             answer = {}
-            for name, value in zip(self.output_names, results, strict=True):
+            for name, value in zip(names, results, strict=True):
                 part = value[start : start + size]
                 answer[name] = part[:, :length] if name in self._seq_outputs else part
             answers.append(answer)
@@ -261,8 +307,12 @@ class RunnerModel:
         pb = self._pb
         names = self._runner.input_names
         feeds = [{n: pb.get_input_tensor_by_name(request, n).as_numpy() for n in names} for request in requests]
+        # Only what the requests ask for is computed and sent: an ensemble step asks for the outputs it maps (the
+        # dense ensemble takes the encoder's `embedding`, not its [batch, seq, dim] hidden states).
+        wanted = [self._requested(request) for request in requests]
+        union = set().union(*wanted)
         try:
-            answers = self._runner.run(feeds)
+            answers = self._runner.run(feeds, [n for n in self._runner.output_names if n in union])
         except Exception as exc:  # answer the batch with the error rather than crash the stub
             return [pb.InferenceResponse(error=pb.TritonError(f"{self.what} failed: {exc}")) for _ in requests]
         return [
@@ -270,10 +320,17 @@ class RunnerModel:
                 output_tensors=[
                     pb.Tensor(name, np.ascontiguousarray(value, dtype=self._output_dtypes.get(name, value.dtype)))
                     for name, value in answer.items()
+                    if name in want
                 ]
             )
-            for answer in answers
+            for answer, want in zip(answers, wanted, strict=True)
         ]
+
+    def _requested(self, request: Any) -> set[str]:
+        """The outputs `request` asks for; all of them where it names none."""
+        asked = getattr(request, "requested_output_names", None)
+        names = set(asked()) if asked is not None else set()
+        return names or set(self._runner.output_names)
 
 
 def budget_param(params: dict[str, str]) -> int:
@@ -286,11 +343,16 @@ class TritonPythonModel(RunnerModel):
     def make_runner(self, args: dict[str, str], params: dict[str, str], version_dir: Path) -> PaddedOnnxRunner:
         # intra-op threads: the config parameter, else $BGE_TRITON_ORT_THREADS, else onnxruntime's default
         threads = int(params.get("intra_op_threads", "0")) or int(os.environ.get("BGE_TRITON_ORT_THREADS", "0"))
+        device = params.get("device", "cpu")  # cuda: the GPU of this instance (instance group KIND_GPU)
+        device_id = int(args.get("model_instance_device_id", "0") or 0)
+        session = onnx_session(
+            version_dir / params.get("onnx_file", "model.onnx"), threads=threads, device=device, device_id=device_id
+        )
+        if params.get("pooling_onnx_file"):  # the encoder step with the pooling folded in (export/repository.py)
+            session = PooledSession(session, onnx_session(version_dir / params["pooling_onnx_file"], threads=1))
         return PaddedOnnxRunner(
-            version_dir / params.get("onnx_file", "model.onnx"),
-            threads=threads,
+            None,
+            session=session,
             pad_values={k: float(v) for k, v in json.loads(params.get("pad_values", "{}")).items()},
             max_batch_tokens=budget_param(params),
-            device=params.get("device", "cpu"),  # cuda: the GPU of this instance (instance group KIND_GPU)
-            device_id=int(args.get("model_instance_device_id", "0") or 0),
         )
