@@ -191,3 +191,10 @@ def test_decode_gives_the_text_back(proxy: Service) -> None:
         ({"ids": [10**9]}, 422, "Validation"),  # outside the vocabulary: the tokenize model's INVALID_ARG
     ):
         _tei_error(_post(proxy, "/decode", body), status, error_type)
+
+
+def test_tokenize_takes_tei_prompt_name(proxy: Service) -> None:
+    plain = _post(proxy, "/tokenize", {"inputs": "hello", "prompt_name": "passage"})
+    assert plain.status_code == 200 and [t["text"] for t in plain.json()[0]] == ["[CLS]", "hello", "[SEP]"]
+    bad = _post(proxy, "/tokenize", {"inputs": "hello", "prompt_name": "nope"})
+    assert bad.status_code == 400 and "prompt_name" in bad.json()["error"]["message"]  # /tokenize: OpenAI errors

@@ -48,6 +48,9 @@ class TokenizeRequest(BaseModel):
         default="passage", description="Which of the model's instructions is put in front, as /v1/embeddings does."
     )
     add_special_tokens: bool = True
+    prompt_name: Literal["query", "passage", "document"] | None = Field(
+        default=None, description="TEI's field: the query or passage (document) instruction; wins over input_type."
+    )
 
 
 class SimpleToken(BaseModel):
@@ -109,9 +112,8 @@ def install_tokenize_route(
             request.state.inputs = len(texts)
             check_request_size(texts, settings.max_request_chars, param="inputs")
             started = time.perf_counter()
-            result = await replicas.tokenize(
-                texts, query=body.input_type == "query", add_special_tokens=body.add_special_tokens
-            )
+            query = (body.prompt_name or body.input_type) == "query"
+            result = await replicas.tokenize(texts, query=query, add_special_tokens=body.add_special_tokens)
             metrics.triton_seconds.labels(name).observe(time.perf_counter() - started)
             request.state.tokens = sum(len(t) for t in result)
             payload = [token_rows(t) for t in result]
