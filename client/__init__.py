@@ -12,6 +12,7 @@ from .errors import (
     ServerUnavailable,
     from_triton_exception,
 )
+from .long_texts import LongResult, TextChunks, embed_long, embed_long_async
 from .rerank_client import AsyncRerankClient, RankedDocument, RerankClient, RerankScores
 from .triton_client import (
     AsyncEmbeddingClient,
@@ -34,6 +35,7 @@ __all__ = [
     "EmbeddingResult",
     "InputTooLong",
     "InvalidInput",
+    "LongResult",
     "ModelNotFound",
     "ModelNotReady",
     "Overloaded",
@@ -43,9 +45,12 @@ __all__ = [
     "RerankScores",
     "ServerError",
     "ServerUnavailable",
+    "TextChunks",
     "TokenizedText",
     "as_id_rows",
     "as_text_list",
+    "embed_long",
+    "embed_long_async",
     "from_triton_exception",
     "instruction",
     "list_models",

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from bge_triton.client.proxy.chunking import (
+from bge_triton.client import EmbeddingClient, InvalidInput, embed_long
+from bge_triton.client.chunking import (
     CLOSERS,
     PARAGRAPH,
     SENTENCE,
@@ -23,7 +24,7 @@ from bge_triton.client.proxy.chunking import (
     plan_chunks,
     pool,
 )
-from bge_triton.client.proxy.long_inputs import split_tokens
+from bge_triton.client.long_texts import split_tokens
 from bge_triton.client.triton_client import TokenizedText
 from bge_triton.evaluation.datasets import default_data_dir
 from bge_triton.export.parity import TorchReference, cosine_rows
@@ -185,6 +186,24 @@ def test_return_chunks_with_dimensions_and_int8(proxy: Service) -> None:
         assert abs(float(np.linalg.norm(f["embedding"])) - 1) < 1e-5
         expected = np.clip(np.floor((np.asarray(f["embedding"], np.float32) + 1) / np.float32(2 / 255)), 0, 255) - 128
         assert np.array_equal(np.asarray(q["embedding"]), expected)
+
+
+def test_client_library_embeds_long_texts_as_the_proxy_does(proxy: Service, triton: TritonOptions) -> None:
+    document = DOCUMENT[:1800]
+    served = _post(proxy, input=[document, "短句"], truncate="CHUNK", return_chunks=True).json()
+    served_start = _vectors(_post(proxy, input=document, truncate="START").json())[0]
+    with EmbeddingClient(triton.grpc_url, model=MODEL) as client:
+        chunked = embed_long(client, [document, "短句"], truncation="chunk")
+        start = embed_long(client, document, truncation="start")
+        with pytest.raises(InvalidInput, match="at most 2 per input"):
+            embed_long(client, document, truncation="chunk", max_chunks=2)
+    assert chunked.chunks is not None and start.chunks is None
+    assert cosine_rows(chunked.result.vectors, _vectors(served)).min() >= 0.9999
+    spans = [[(c["start"], c["stop"]) for c in item["chunks"]] for item in served["data"]]
+    assert [c.spans for c in chunked.chunks] == spans and len(spans[0]) > 2 and spans[1] == [(0, 2)]
+    assert int(chunked.result.token_counts.sum()) == served["usage"]["prompt_tokens"]
+    assert float(start.result.vectors[0] @ served_start) >= 0.9999
+    assert start.result.token_counts.tolist() == [WINDOW] and start.result.full_token_counts[0] > 3 * WINDOW
 
 
 # -- the pieces, without a server ------------------------------------------------------------------------------------

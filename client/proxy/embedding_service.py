@@ -15,11 +15,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..long_texts import TextChunks, Truncation
 from ..triton_client import EmbeddingResult
 from .errors import ProxyError
 from .fair_share import FairGate, embed_in_slices
 from .inputs import check_request_size, normalise_input
-from .long_inputs import TextChunks, Truncation, embed_beyond_window
+from .long_inputs import embed_beyond_window
 from .metrics import ProxyMetrics
 from .registry import InputType, ModelRegistry, Resolved
 from .settings import ProxySettings
