@@ -291,3 +291,18 @@ def test_web_page_rerank_panel_orders_as_the_api(proxy: Service, client: RerankC
     want = client.rerank(QUERY, DOCUMENTS)
     assert indices == [r.index for r in want] and not errors
     assert shown == [f"{r.relevance_score:.4f}" for r in want]
+
+
+# -- the benchmark's quality check ----------------------------------------------------------------------------
+def test_quality_check_ranks_through_the_live_service(proxy: Service, client: RerankClient) -> None:
+    from bge_triton.bench.rerank_bench import load_candidates, quality_metrics, rank_with_service
+
+    items = load_candidates(3)
+    assert [len(i.documents) for i in items] == [11, 11, 11] and all(i.positives == {0} for i in items)
+    rankings = asyncio.run(rank_with_service(proxy.url, items, reranker=RERANKER, embedder="all-MiniLM-L6-v2"))
+    for item, ranked in zip(items, rankings["reranker"], strict=True):
+        assert ranked == [r.index for r in client.rerank(item.query, item.documents)]
+    assert all(sorted(r) == list(range(11)) for r in rankings["embedder"])
+    first = [ranked.index(0) + 1 for ranked in rankings["reranker"]]  # 1-based rank of each positive
+    want = sum(1 / r for r in first if r <= 10) / len(first)
+    assert quality_metrics(rankings["reranker"], items)["mrr@10"] == pytest.approx(want, abs=1e-4)
