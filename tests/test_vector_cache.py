@@ -37,8 +37,10 @@ from bge_triton.client.proxy.vector_cache import (
     vector_cache,
 )
 from bge_triton.client.triton_client import EmbeddingResult
+from bge_triton.export.exporter import ExportResult
+from bge_triton.export.fingerprint import folder_digest
 from bge_triton.launcher import TritonOptions, free_port
-from bge_triton.model_facts import ModelFacts
+from bge_triton.model_facts import ModelFacts, read_facts
 
 if TYPE_CHECKING:
     from conftest import Service
@@ -131,6 +133,19 @@ def test_export_identity_follows_the_export() -> None:
     if "fingerprint" in ModelFacts.__dataclass_fields__:  # exports that carry a digest of their files
         stamped = ModelFacts.from_dict({**facts.__dict__, "fingerprint": "0123abcd"})
         assert export_identity(stamped) == "fp:0123abcd"
+
+
+def test_export_writes_a_fingerprint_of_the_files_that_make_the_vectors(exported: ExportResult, tmp_path: Path) -> None:
+    facts, repo = read_facts(exported.ensemble_dir), exported.ensemble_dir.parent
+    assert re.fullmatch(r"[0-9a-f]{24}", facts.fingerprint) and facts == exported.facts
+    steps = [repo / f"{facts.name}-{step}" for step in ("tokenizer", "encoder", "pooling")]
+    assert folder_digest(steps) == facts.fingerprint  # the files as served still are the export's
+    copies = [Path(shutil.copytree(step, tmp_path / step.name)) for step in steps]
+    assert folder_digest(copies) == facts.fingerprint  # a copy of the repository shares the entries
+    config = copies[1] / "config.pbtxt"  # engine, device and precision settings live there
+    config.write_text(config.read_text() + "\n# another engine setting\n")
+    assert folder_digest(copies) != facts.fingerprint
+    assert export_identity(facts) == f"fp:{facts.fingerprint}"
 
 
 def test_a_value_of_another_shape_is_a_miss() -> None:
@@ -375,3 +390,17 @@ def test_the_65_percent_hit_rate_alert_reads_series_the_proxy_exports(cached: Se
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/bge-triton.json").read_text())
     cache_panels = [p for p in dashboard["panels"] if "cache" in p["title"].lower()]
     assert len(cache_panels) == 2 and any("65%" in p["title"] for p in cache_panels)
+
+
+# -- the benchmark's workload ------------------------------------------------------------------------------------
+
+
+def test_the_zipf_stream_repeats_the_top_ranks_and_is_reproducible() -> None:
+    from bge_triton.bench.cache_bench import zipf_stream
+
+    stream = zipf_stream(2000, 10_000, 1.0)
+    assert stream == zipf_stream(2000, 10_000, 1.0) and len(stream) == 10_000
+    counts = np.bincount(stream, minlength=2000)
+    # rank r is drawn with probability 1/(r * H_2000), H_2000 ~ 8.18: rank 1 ~ 12%, rank 10 ~ 1.2%
+    assert 0.10 < counts[0] / 10_000 < 0.14 and counts[0] > counts[9] > counts[99]
+    assert 1000 < len(set(stream)) < 2000  # a long tail: many texts seen once, some never
