@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import BGE, BGE_INSTRUCTION
 
 from bge_triton.client import EmbeddingClient, InvalidInput, embed_long
 from bge_triton.client.chunking import (
@@ -24,7 +25,7 @@ from bge_triton.client.chunking import (
     plan_chunks,
     pool,
 )
-from bge_triton.client.long_texts import split_tokens
+from bge_triton.client.long_texts import MARGIN, split_tokens
 from bge_triton.client.triton_client import TokenizedText
 from bge_triton.evaluation.datasets import default_data_dir
 from bge_triton.export.parity import TorchReference, cosine_rows
@@ -98,7 +99,7 @@ def test_chunked_5000_character_chinese_document_equals_the_in_process_computati
     ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
     assert len(ids) > 10 * WINDOW  # far over the window
     cls, sep = reference.tokenizer.cls_token_id, reference.tokenizer.sep_token_id
-    plan = plan_chunks(DOCUMENT, offsets, WINDOW - 2)
+    plan = plan_chunks(DOCUMENT, offsets, WINDOW - 2 - MARGIN)
     rows = [[cls, *ids[c.first : c.stop], sep] for c in plan]
     chunk_vectors = _reference_rows(reference, rows)
     expected = pool(chunk_vectors, [c.tokens for c in plan])
@@ -135,7 +136,8 @@ def test_start_keeps_the_end_of_the_text(proxy: Service, reference: TorchReferen
     )
     encoding = reference.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     assert len(encoding["input_ids"]) > 2 * WINDOW
-    tail = text[encoding["offset_mapping"][-(WINDOW - 2)][0] :]  # the text of the last 254 tokens
+    kept = WINDOW - 2 - MARGIN  # the window less [CLS], [SEP] and the margin for re-tokenization
+    tail = text[encoding["offset_mapping"][-kept][0] :]  # the text of the last 252 tokens
     start = _post(proxy, input=[text, "short"], truncate="START")
     assert start.status_code == 200, start.text
     vectors = _vectors(start.json())
@@ -144,7 +146,7 @@ def test_start_keeps_the_end_of_the_text(proxy: Service, reference: TorchReferen
     assert cosine_rows(vectors[:1], reference.embed([tail])).min() >= 0.9999
     head_vector = _vectors(_post(proxy, input=text, truncate="END").json())[0]
     assert float(head_vector @ vectors[0]) < 0.99  # not the start
-    assert start.json()["usage"]["prompt_tokens"] == WINDOW + reference.token_counts(["short"])[0]
+    assert start.json()["usage"]["prompt_tokens"] == kept + 2 + reference.token_counts(["short"])[0]
     # a text within the window is the same in every mode
     short = [_vectors(_post(proxy, input="short", truncate=mode).json())[0] for mode in ("END", "START", "CHUNK")]
     assert np.abs(short[0] - short[1]).max() < 1e-6 and np.abs(short[0] - short[2]).max() < 1e-6
@@ -203,7 +205,38 @@ def test_client_library_embeds_long_texts_as_the_proxy_does(proxy: Service, trit
     assert [c.spans for c in chunked.chunks] == spans and len(spans[0]) > 2 and spans[1] == [(0, 2)]
     assert int(chunked.result.token_counts.sum()) == served["usage"]["prompt_tokens"]
     assert float(start.result.vectors[0] @ served_start) >= 0.9999
-    assert start.result.token_counts.tolist() == [WINDOW] and start.result.full_token_counts[0] > 3 * WINDOW
+    assert start.result.token_counts.tolist() == [WINDOW - MARGIN] and start.result.full_token_counts[0] > 3 * WINDOW
+
+
+def test_start_and_chunk_keep_the_query_instruction(
+    two_model_triton: TritonOptions, spawn: Callable[..., Service], bge_reference: TorchReference
+) -> None:
+    """bge-zh's query instruction stays in front of the tail (START) and of every window (CHUNK)."""
+    port = free_port()
+    bge = spawn(["serve-proxy", "--triton-url", two_model_triton.grpc_url, "--port", str(port)], port=port)
+    window = bge_reference.facts.max_tokens
+    text = DOCUMENT[: 3 * window]
+    instruction = len(bge_reference.tokenizer(BGE_INSTRUCTION, add_special_tokens=False)["input_ids"])
+    offsets = bge_reference.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    tail = text[offsets[-(window - 2 - instruction - MARGIN)][0] :]
+
+    def post(**body: Any) -> np.ndarray:
+        body = {"model": BGE, "input_type": "query", **body}
+        response = httpx.post(f"{bge.url}/v1/embeddings", json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        return _vectors(response.json())
+
+    start = post(input=text, truncate="START")[0]
+    assert float(start @ post(input=tail)[0]) >= 0.9999
+    assert float(start @ bge_reference.embed([BGE_INSTRUCTION + tail])[0]) >= 0.999
+    chunked = httpx.post(
+        f"{bge.url}/v1/embeddings", json={"model": BGE, "input_type": "query", "input": text, "truncate": "CHUNK",
+                                          "return_chunks": True}, timeout=120,
+    ).json()["data"][0]  # fmt: skip
+    pieces = [text[c["start"] : c["stop"]] for c in chunked["chunks"]]
+    assert len(pieces) >= 3
+    expected = bge_reference.embed([BGE_INSTRUCTION + piece for piece in pieces])
+    assert cosine_rows(np.array([c["embedding"] for c in chunked["chunks"]], dtype=np.float32), expected).min() >= 0.999
 
 
 # -- the pieces, without a server ------------------------------------------------------------------------------------
@@ -226,5 +259,12 @@ def test_instruction_tokens_are_kept_apart_from_the_text() -> None:
         np.zeros(4, dtype=bool), ["query", ":", "hello", "world"],
     )  # fmt: skip
     split = split_tokens(tokenized, text)
-    assert split.instruction == [10, 11] and split.body == [12, 13]
-    assert split.offsets == [(0, 5), (6, 11)] and text[6:11] == "world"
+    assert split.instruction == 2 and split.offsets == [(0, 5), (6, 11)] and text[6:11] == "world"
+    # sentencepiece: "passage: 一架" -> "▁passage", ":", "▁一" (the space and the text's first character), "架"
+    instruction, text = "passage: ", "一架"
+    tokenized = TokenizedText(
+        instruction + text, np.array([1, 2, 3, 4]), np.array([[0, 7], [7, 8], [8, 10], [10, 11]]),
+        np.zeros(4, dtype=bool), ["▁passage", ":", "▁一", "架"],
+    )  # fmt: skip
+    split = split_tokens(tokenized, text)
+    assert split.instruction == 2 and split.offsets == [(0, 1), (1, 2)]

@@ -112,8 +112,7 @@ class EmbeddingService:
                 raise ProxyError(400, f"truncate {mode.upper()} takes text input, not token ids", param="input",
                                  code="unsupported_for_token_ids")  # fmt: skip
             long = await embed_beyond_window(
-                replicas, gate, items, query=chosen == "query", truncation=mode, max_chunks=self.settings.max_chunks,
-                slice_tokens=self.settings.slice_tokens,
+                replicas, items, query=chosen == "query", truncation=mode, max_chunks=self.settings.max_chunks,
                 embed_texts=lambda part: embed_cached(self.cache, scope, part, triton),
             )  # fmt: skip
             result, chunks = long.result, long.chunks
