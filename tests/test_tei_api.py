@@ -198,3 +198,10 @@ def test_tokenize_takes_tei_prompt_name(proxy: Service) -> None:
     assert plain.status_code == 200 and [t["text"] for t in plain.json()[0]] == ["[CLS]", "hello", "[SEP]"]
     bad = _post(proxy, "/tokenize", {"inputs": "hello", "prompt_name": "nope"})
     assert bad.status_code == 400 and "prompt_name" in bad.json()["error"]["message"]  # /tokenize: OpenAI errors
+
+
+def test_embed_sparse_takes_tei_prompt_name(proxy: Service) -> None:
+    bad = _post(proxy, "/embed_sparse", {"inputs": "x", "prompt_name": "nope"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "prompt_name"
+    good = _post(proxy, "/embed_sparse", {"inputs": "x", "model": MODEL, "prompt_name": "query"})  # no m3 heads
+    assert good.status_code == 400 and good.json()["error"]["code"] == "model_not_supported"

@@ -70,7 +70,7 @@ def install_m3_routes(app: FastAPI, registry: ModelRegistry, settings: ProxySett
         texts = normalise_texts(body.inputs, settings.max_inputs, param="inputs")
         request.state.inputs = len(texts)
         check_request_size(texts, settings.max_request_chars, param="inputs")
-        result = await vectors(replicas, name, texts, (mode,), query=body.input_type == "query")
+        result = await vectors(replicas, name, texts, (mode,), query=(body.prompt_name or body.input_type) == "query")
         request.state.tokens = int(result.token_counts.sum())
         return result
 

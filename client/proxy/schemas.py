@@ -155,6 +155,9 @@ class SparseRequest(BaseModel):
         description="base64: per input {indices: little-endian int32, values: little-endian float32}, base64.",
     )
     input_type: Literal["query", "passage"] = "passage"
+    prompt_name: Literal["query", "passage", "document"] | None = Field(
+        default=None, description="TEI's field: the query or passage (document) instruction; wins over input_type."
+    )
 
 
 class ColbertRequest(SparseRequest):
