@@ -205,3 +205,26 @@ def test_embed_sparse_takes_tei_prompt_name(proxy: Service) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "prompt_name"
     good = _post(proxy, "/embed_sparse", {"inputs": "x", "model": MODEL, "prompt_name": "query"})  # no m3 heads
     assert good.status_code == 400 and good.json()["error"]["code"] == "model_not_supported"
+
+
+def test_overload_and_unavailable_triton_in_each_family_s_shape() -> None:
+    """In-process (no Triton listens on the port): 429 Overloaded and 503 Unhealthy with Retry-After on TEI's
+    routes, OpenAI's error JSON for the same failures on /v1/embeddings."""
+    from fastapi.testclient import TestClient
+
+    from bge_triton.client.proxy.app import create_app
+    from bge_triton.client.proxy.settings import ProxySettings
+
+    nowhere = (f"127.0.0.1:{free_port()}",)
+    full = TestClient(create_app(ProxySettings(triton_urls=nowhere, max_in_flight=0, retry_after_s=3)))
+    tei = full.post("/embed", json={"inputs": "x"})
+    assert (tei.status_code, tei.headers["retry-after"]) == (429, "3")
+    assert tei.json()["error_type"] == "Overloaded"
+    openai = full.post("/v1/embeddings", json={"model": MODEL, "input": "x"})
+    assert openai.status_code == 429 and openai.json()["error"]["code"] == "overloaded"
+
+    down = TestClient(create_app(ProxySettings(triton_urls=nowhere)))
+    tei = down.post("/similarity", json={"inputs": {"source_sentence": "a", "sentences": ["b"]}})
+    assert (tei.status_code, tei.json()["error_type"]) == (503, "Unhealthy") and "retry-after" in tei.headers
+    openai = down.post("/v1/embeddings", json={"model": MODEL, "input": "x"})
+    assert openai.status_code == 503 and openai.json()["error"]["code"] == "triton_unavailable"
