@@ -392,6 +392,18 @@ def test_the_65_percent_hit_rate_alert_reads_series_the_proxy_exports(cached: Se
     assert len(cache_panels) == 2 and any("65%" in p["title"] for p in cache_panels)
 
 
+def test_compose_proxies_share_a_bounded_redis() -> None:
+    import yaml
+
+    from bge_triton.cli import build_parser
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    args = build_parser().parse_args(["serve-proxy", *services["proxy"]["command"]])
+    assert args.cache_url == "redis://redis:6379/0" and not args.no_cache and args.cache_mb == 256
+    redis = services["redis"]["command"]
+    assert redis[redis.index("--maxmemory-policy") + 1] == "allkeys-lru" and "--maxmemory" in redis
+
+
 # -- the benchmark's workload ------------------------------------------------------------------------------------
 
 
