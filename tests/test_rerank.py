@@ -203,6 +203,10 @@ def test_tei_rerank_shape(proxy: Service, client: RerankClient) -> None:
     default = httpx.post(f"{proxy.url}/rerank", json={"query": QUERY, "texts": DOCUMENTS}, timeout=60).json()
     np.testing.assert_allclose([r["score"] for r in default], [_sigmoid(r.score) for r in want], atol=1e-6)
     assert set(default[0]) == {"index", "score"}
+    root = httpx.post(f"{proxy.url}/", json={"query": QUERY, "texts": DOCUMENTS}, timeout=60)  # TEI's POST /
+    assert root.status_code == 200, root.text
+    assert [r["index"] for r in root.json()] == [r["index"] for r in default]
+    np.testing.assert_allclose([r["score"] for r in root.json()], [r["score"] for r in default], atol=1e-6)
 
 
 def test_a_thousand_documents_in_one_call(proxy: Service, client: RerankClient) -> None:
