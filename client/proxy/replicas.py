@@ -147,6 +147,11 @@ class ReplicaSet:
     async def embed_m3(self, texts: list[str], *, modes: Sequence[Mode], query: bool) -> M3Vectors:
         return await self._call(lambda c: c.embed_m3(texts, modes=modes, query=query))
 
+    async def call(self, fn: Callable[[AsyncEmbeddingClient], Awaitable[T]]) -> T:
+        """`fn` with one replica's client, failing over as every call here does (TEI's /embed_all and /decode
+        call other models of the export through it)."""
+        return await self._call(fn)
+
     async def tokenize(self, texts: list[str], *, query: bool, add_special_tokens: bool = True) -> list[TokenizedText]:
         return await self._call(lambda c: c.tokenize(texts, query=query, add_special_tokens=add_special_tokens))
 

@@ -76,7 +76,7 @@ async def call_model(
     def infer(client: AsyncEmbeddingClient) -> Awaitable[dict[str, np.ndarray]]:
         return client.infer_tensors(model, inputs, outputs)
 
-    return await replicas._call(infer)  # the replica set's own failover (and health), as every embedding call
+    return await replicas.call(infer)
 
 
 async def decode_ids(replicas: ReplicaSet, rows: list[list[int]], *, skip_special_tokens: bool) -> list[str]:
