@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
 
 from .vector_encoding import EmbeddingType
 
 TokenIds = list[StrictInt]
 EmbeddingInput = StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
+
+
+def _bool_or_text(value: object) -> object:
+    """`truncate` is a JSON boolean or one of NIM's names; anything else is one 400 naming `truncate`."""
+    if isinstance(value, bool | str):
+        return value
+    raise ValueError("truncate must be true, false, NONE, START, END or CHUNK")
 
 
 class EmbeddingRequest(BaseModel):
@@ -31,7 +38,7 @@ class EmbeddingRequest(BaseModel):
         description="`query` prepends the model's query instruction, `passage` (the default) its passage "
         "instruction; a `NAME-query` / `NAME-passage` model name sets it too (a conflicting value is a 400).",
     )
-    truncate: bool | StrictStr = Field(  # the strings checked by long_inputs.truncation_of (one clear 400)
+    truncate: Annotated[bool | StrictStr, BeforeValidator(_bool_or_text)] = Field(  # strings: long_inputs.truncation_of
         default=True,
         description="Inputs over the model's window: `END` or true keeps their start, `START` their end, `NONE` or "
         "false answers 400, `CHUNK` embeds every window and returns their token-weighted mean (NVIDIA NIM's names; "
