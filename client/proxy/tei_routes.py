@@ -29,10 +29,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from bge_triton import __version__
 
+from ..triton_client import as_text_list
 from .admission import admitted
 from .embedding_service import EmbeddingService
 from .errors import ProxyError
-from .inputs import MAX_TOKEN_ID
+from .inputs import MAX_TOKEN_ID, check_request_size, normalise_input
 from .json_response import OrjsonResponse
 from .metrics import ProxyMetrics
 from .registry import InputType, ModelRegistry
@@ -152,19 +153,18 @@ def install_tei_routes(app: FastAPI, registry: ModelRegistry, settings: ProxySet
         return PROMPTS[prompt_name]
 
     def items_of(inputs: object) -> tuple[list, bool]:
-        """TEI's Input (a string, token ids, or a batch of them) -> (items, are token ids); TEI's empty errors."""
-        if isinstance(inputs, str):
-            return [inputs], False
-        assert isinstance(inputs, list)
-        if not inputs:
+        """TEI's Input (a string, token ids, or a batch of them) -> (items, are token ids), checked as every
+        embedding route checks its input (ids in range, text UTF-8 encodable, the size limits); TEI's errors."""
+        if isinstance(inputs, list) and not inputs:
             raise ProxyError(400, "`inputs` cannot be empty", param="inputs", code="empty")
-        if all(isinstance(v, int) for v in inputs):
-            return [inputs], True
-        if all(isinstance(v, list) for v in inputs):
-            if any(not row for row in inputs):
-                raise ProxyError(400, "`input_ids` cannot be empty", param="inputs", code="empty")
-            return inputs, True
-        return inputs, False
+        if isinstance(inputs, list) and any(isinstance(v, list) and not v for v in inputs):
+            raise ProxyError(400, "`input_ids` cannot be empty", param="inputs", code="empty")
+        check_batch(1 if isinstance(inputs, str) or all(isinstance(v, int) for v in inputs) else len(inputs))
+        kind, items = normalise_input(inputs, settings.max_inputs)
+        check_request_size(items, settings.max_request_chars, param="inputs")
+        if kind == "text":
+            as_text_list(items)  # InvalidInput (400) for a lone surrogate, which UTF-8 cannot encode
+        return items, kind == "ids"
 
     def check_batch(count: int) -> None:
         if count > settings.max_inputs:
@@ -175,7 +175,6 @@ def install_tei_routes(app: FastAPI, registry: ModelRegistry, settings: ProxySet
         """(vectors, tokens, characters) of `/embed`."""
         name, replicas = await served(body.model, request)
         items, ids = items_of(body.inputs)
-        check_batch(len(items))
         truncate = True if body.truncate is None else body.truncate
         chosen = input_type(body.prompt_name)
         chars = sum(len(i) for i in items)
@@ -238,7 +237,6 @@ def install_tei_routes(app: FastAPI, registry: ModelRegistry, settings: ProxySet
         async with admitted(app, settings.max_in_flight, metrics):
             _, replicas = await served(body.model, request)
             items, ids = items_of(body.inputs)
-            check_batch(len(items))
             truncate = True if body.truncate is None else body.truncate
             if truncate and body.truncation_direction == "Left":
                 raise ProxyError(422, "`truncation_direction: Left` is not served by /embed_all: its token states "
