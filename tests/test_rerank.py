@@ -136,12 +136,16 @@ def test_scores_equal_cross_encoder_and_flag_reranker(client: RerankClient, cros
     documents = [*DOCUMENTS, LONG_DOCUMENT]
     pairs = [(QUERY, d) for d in documents]
     got = client.scores(QUERY, documents)
-    flag = np.array(flag_reranker.compute_score(pairs, max_length=8192, batch_size=4))
-    ce_raw = cross_encoder.predict(pairs, activation_fn=torch.nn.Identity(), batch_size=4)
-    ce_sigmoid = cross_encoder.predict(pairs, batch_size=4)
+    # the long pair on its own: batched with the short ones, it would pad them all to 8192 tokens
+    flag = np.array([*flag_reranker.compute_score(pairs[:-1], max_length=8192),
+                     *flag_reranker.compute_score([pairs[-1]], max_length=8192)])  # fmt: skip
+    identity = torch.nn.Identity()
+    ce_raw = np.array([*cross_encoder.predict(pairs[:-1], activation_fn=identity),
+                       *cross_encoder.predict([pairs[-1]], activation_fn=identity)])  # fmt: skip
+    ce_sigmoid = cross_encoder.predict(pairs[:-1])  # its default activation: the sigmoid
     np.testing.assert_allclose(got.scores, flag, atol=1e-4, rtol=0)
     np.testing.assert_allclose(got.scores, ce_raw, atol=1e-4, rtol=0)
-    ranked = client.rerank(QUERY, documents)
+    ranked = client.rerank(QUERY, DOCUMENTS)
     np.testing.assert_allclose([r.relevance_score for r in ranked], ce_sigmoid[[r.index for r in ranked]], atol=1e-5)
     assert np.ptp(got.scores) > 1e-3  # the scores differ by more than the tolerance: the ordering means something
     assert got.token_counts[-1] == 8192 and got.full_token_counts[-1] > 8192  # the long document was truncated

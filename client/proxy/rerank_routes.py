@@ -217,6 +217,13 @@ def install_rerank_routes(
     service = RerankService(rerankers, settings, metrics)
     app.state.rerank_service = service
     registry.other_tasks = rerankers.tasks
+    close_embedders = registry.close
+
+    async def close_all() -> None:  # the app's shutdown closes the registry: the rerankers' clients with it
+        await close_embedders()
+        await rerankers.close()
+
+    registry.close = close_all  # type: ignore[method-assign]
     if hasattr(app.state, "tei_paths"):
         app.state.tei_paths.update(TEI_RERANK_PATHS)
 
