@@ -314,3 +314,41 @@ def test_quality_check_ranks_through_the_live_service(proxy: Service, client: Re
     first = [ranked.index(0) + 1 for ranked in rankings["reranker"]]  # 1-based rank of each positive
     want = sum(1 / r for r in first if r <= 10) / len(first)
     assert quality_metrics(rankings["reranker"], items)["mrr@10"] == pytest.approx(want, abs=1e-4)
+
+
+# -- a BERT cross-encoder (token type ids) ------------------------------------------------------------------------
+def test_a_bert_cross_encoder_exports_with_token_type_ids(tmp_path: Path) -> None:
+    """bge-large-zh-v1.5's BERT config and tokenizer as a one-label classifier (random weights, scaled down): the
+    pair's token types (0 for `[CLS] q [SEP]`, 1 for `d [SEP]`) reach the graph, and the served pipeline's scores
+    equal CrossEncoder's."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from bge_triton.export.rerank_export import OnnxRerankPipeline
+    from bge_triton.package_data import model_config_dir
+
+    source = model_config_dir("bge-large-zh-v1.5")
+    config = BertConfig.from_pretrained(str(source), num_labels=1, hidden_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=128)  # fmt: skip
+    config.architectures = ["BertForSequenceClassification"]
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(50.0)
+        model.bert.embeddings.token_type_embeddings.weight.mul_(20.0)  # token types that matter to the score
+    checkpoint = tmp_path / "bert-reranker"
+    model.save_pretrained(str(checkpoint))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(source / name, checkpoint / name)
+    result = export_model(str(checkpoint), tmp_path / "repository", name="bert-reranker")
+    assert result.facts.task == "rerank" and result.facts.uses_token_type_ids and result.facts.max_tokens == 512
+    encoder = parse_config((tmp_path / "repository" / "bert-reranker-encoder" / "config.pbtxt").read_text())
+    assert [i.name for i in encoder.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    graph = tmp_path / "repository" / "bert-reranker-encoder" / "1" / "model.onnx"
+    pipeline = OnnxRerankPipeline(checkpoint / "tokenizer.json", graph, result.facts)
+    pairs = [(QUERY, d) for d in DOCUMENTS]
+    reference = CrossEncoder(str(checkpoint), device="cpu").predict(pairs, activation_fn=torch.nn.Identity())
+    np.testing.assert_allclose(pipeline.scores(pairs), reference, atol=1e-4, rtol=0)
+    batch = pipeline.tokenizer.encode_pairs(["问"], ["答案"])
+    assert batch.token_type_ids[0, : batch.token_count[0]].tolist() == [0, 0, 0, 1, 1, 1]
