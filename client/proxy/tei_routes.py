@@ -182,7 +182,7 @@ def install_tei_routes(app: FastAPI, registry: ModelRegistry, settings: ProxySet
             left = truncate and body.truncation_direction == "Left"
             embedded = await service.embed(
                 name, items, input_type=None if ids else chosen, truncate=truncate, dimensions=body.dimensions,
-                param="inputs", state=request.state, model_ids=ids, **({"truncation": "start"} if left else {}),
+                param="inputs", state=request.state, model_ids=ids, truncation="start" if left else None,
             )  # fmt: skip
             unit = embedded.vectors / np.maximum(np.linalg.norm(embedded.vectors, axis=1, keepdims=True), 1e-12)
             return unit.astype(np.float32), embedded.tokens, chars
