@@ -352,3 +352,27 @@ def test_a_bert_cross_encoder_exports_with_token_type_ids(tmp_path: Path) -> Non
     np.testing.assert_allclose(pipeline.scores(pairs), reference, atol=1e-4, rtol=0)
     batch = pipeline.tokenizer.encode_pairs(["问"], ["答案"])
     assert batch.token_type_ids[0, : batch.token_count[0]].tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_pair_truncation_cuts_the_document_first_and_a_long_query_to_three_quarters(rerank_checkpoint: Path) -> None:
+    from tokenizers import Tokenizer
+
+    from bge_triton.triton_models.pair_tokenizer import PairTokenizer
+
+    tokenizer_json = rerank_checkpoint / "tokenizer.json"
+    pairs = PairTokenizer(tokenizer_json, max_tokens=32, pad_token_id=1)
+    plain = Tokenizer.from_file(str(tokenizer_json))
+    query, document = "如何部署向量模型", "用 Triton 部署嵌入模型，前面放一个 OpenAI 兼容的代理。" * 5
+    q_ids = plain.encode(query, add_special_tokens=False).ids
+    d_ids = plain.encode(document, add_special_tokens=False).ids
+    batch = pairs.encode_pairs([query], [document])
+    ids = batch.input_ids[0, : batch.token_count[0]].tolist()
+    room = 32 - 4 - len(q_ids)  # <s> q </s></s> d </s>
+    assert ids == [0, *q_ids, 2, 2, *d_ids[:room], 2]  # the whole query, the document's start
+    assert batch.full_token_count[0] == len(q_ids) + len(d_ids) + 4
+    long_query = "向量模型的部署问题" * 10
+    lq_ids = plain.encode(long_query, add_special_tokens=False).ids
+    assert len(lq_ids) > 24
+    batch = pairs.encode_pairs([long_query], [document])
+    ids = batch.input_ids[0, : batch.token_count[0]].tolist()
+    assert ids == [0, *lq_ids[:24], 2, 2, *d_ids[:4], 2]  # FlagReranker: the query to 32 * 3 // 4 tokens
