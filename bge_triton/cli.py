@@ -491,12 +491,20 @@ def _add_bench_model(sub: argparse._SubParsersAction) -> None:
         help="bge-m3 in FlagEmbedding's M3 layout (XLM-R + sparse_linear.pt + colbert_linear.pt, 8192 tokens); "
         "full size unless --num-layers / --hidden-size scale it down",
     )
-    p.add_argument("--num-layers", type=int, default=None, help="with --m3: transformer layers (default: bge-m3's 24)")
+    p.add_argument(
+        "--reranker",
+        action="store_true",
+        help="bge-reranker-v2-m3 (XLMRobertaForSequenceClassification, one label, 8192 tokens: a cross-encoder for "
+        "/v1/rerank); full size unless --num-layers / --hidden-size scale it down",
+    )
+    p.add_argument(
+        "--num-layers", type=int, default=None, help="with --m3 or --reranker: transformer layers (default: 24)"
+    )
     p.add_argument(
         "--hidden-size",
         type=int,
         default=None,
-        help="with --m3: hidden size; heads = hidden/16, max 16 (default: bge-m3's 1024)",
+        help="with --m3 or --reranker: hidden size; heads = hidden/16, max 16 (default: 1024)",
     )
     p.set_defaults(func=_cmd_bench_model)
 
@@ -505,6 +513,15 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
     from bge_triton.export.bench_model import make_bench_model
     from bge_triton.package_data import model_config_dir
 
+    if args.reranker:
+        from bge_triton.export.rerank_checkpoint import make_rerank_checkpoint
+
+        out = make_rerank_checkpoint(
+            args.out, num_layers=args.num_layers, hidden_size=args.hidden_size, seed=args.seed,
+            config_dir=args.config_dir,
+        )  # fmt: skip
+        print(f"saved a random-init bge-reranker-v2-m3 to {out}")
+        return 0
     if args.m3:
         from bge_triton.export.m3_checkpoint import m3_config_dir, make_m3_checkpoint
 
@@ -516,7 +533,7 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
         print(f"saved a random-init {'scaled-down ' if scaled else ''}bge-m3 (M3 layout) to {out}")
         return 0
     if args.num_layers is not None or args.hidden_size is not None:
-        print("error: --num-layers / --hidden-size scale the --m3 model only", file=sys.stderr)
+        print("error: --num-layers / --hidden-size scale the --m3 or --reranker model only", file=sys.stderr)
         return 2
     config_dir = args.config_dir or model_config_dir("bge-large-zh-v1.5")
     out = make_bench_model(config_dir, args.out, seed=args.seed)
