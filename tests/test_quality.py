@@ -105,6 +105,13 @@ def test_default_serve_is_multilingual_and_matches_sentence_transformers_on_chin
     query = {"model": E5, "input": "天气怎么样", "input_type": "query", "encoding_format": "float"}
     q = np.array(httpx.post(f"{served.url}/v1/embeddings", json=query, timeout=30).json()["data"][0]["embedding"])
     assert int(np.argmax(v @ q)) in (0, 1)
+    # TEI's /embed: the same vectors; prompt_name picks e5's instruction (left out: passage, as /v1/embeddings)
+    tei = httpx.post(f"{served.url}/embed", json={"inputs": texts}, timeout=30).json()
+    np.testing.assert_allclose(tei, v, atol=1e-5)
+    tei_q = httpx.post(f"{served.url}/embed", json={"inputs": "天气怎么样", "prompt_name": "query"}, timeout=30).json()
+    np.testing.assert_allclose(tei_q[0], q, atol=1e-5)
+    tei_p = httpx.post(f"{served.url}/embed", json={"inputs": "天气怎么样"}, timeout=30).json()
+    assert float(np.dot(tei_q[0], tei_p[0])) < 0.9999  # "query: " and "passage: " give other vectors
 
     # What a score means (the web page's words and near-duplicate threshold): e5 scores unrelated Chinese sentences
     # around 0.84, which fixed cut-offs called "very similar"; its own score bands call it unrelated.
