@@ -126,6 +126,10 @@ def test_a_classifier_with_several_labels_is_refused(tmp_path: Path) -> None:
     config |= {"id2label": {"0": "LABEL_0"}}
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert ModelFacts.from_checkpoint(tmp_path, name="x", source="x").task == "rerank"
+    from bge_triton.export.rerank_checkpoint import reranker_config_dir
+
+    shipped = ModelFacts.from_checkpoint(reranker_config_dir(), name="r", source="BAAI/bge-reranker-v2-m3")
+    assert (shipped.task, shipped.dim, shipped.max_tokens, shipped.uses_token_type_ids) == ("rerank", 1, 8192, False)
 
 
 # -- scores against the reference implementations ---------------------------------------------------------------
