@@ -98,6 +98,11 @@ class ReplicaSet:
         except FAILOVER_ERRORS:
             self._canary_runs.pop(url, None)
             raise
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this request was cancelled, not the canary
+            raise ServerUnavailable(f"Triton {url} went away while its start-up canary ran") from None
 
     def _start_canary(self, url: str) -> asyncio.Task[CanaryResult]:
         run = self._canary_runs[url] = asyncio.ensure_future(self._run_canary(url))
@@ -120,9 +125,9 @@ class ReplicaSet:
         return result
 
     def _forget_canary(self, url: str) -> None:
-        run = self._canary_runs.pop(url, None)
-        if run is not None and not run.done():
-            run.cancel()
+        """Check `url` again before its next request. A canary still running is left to finish (requests may be
+        waiting for it); its result is no longer used."""
+        self._canary_runs.pop(url, None)
 
     def canary_failures(self) -> dict[str, str]:
         """url -> what its canary found, for replicas that failed it."""
@@ -176,6 +181,7 @@ class ReplicaSet:
         return ready
 
     async def close(self) -> None:
-        for url in list(self._canary_runs):
-            self._forget_canary(url)
+        for run in self._canary_runs.values():
+            run.cancel()
+        self._canary_runs.clear()
         await asyncio.gather(*(c.close() for c in self.clients.values()), return_exceptions=True)
