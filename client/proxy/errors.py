@@ -137,27 +137,29 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     """OpenAI error JSON, except on the paths in `app.state.tei_paths` (TEI's routes): TEI's own shape there."""
     app.state.tei_paths = set()
 
-    def answer(request: Request, status: int, message: str, param: str | None, code: str | None) -> JSONResponse:
+    def answer(
+        request: Request, status: int, message: str, *, param: str | None = None, code: str | None
+    ) -> JSONResponse:
         if request.scope.get("path") in request.app.state.tei_paths:
             return tei_error_response(status, message, code, retry_after_s)
         return error_response(status, message, param=param, code=code, retry_after_s=retry_after_s)
 
     @app.exception_handler(ProxyError)
     async def _proxy_error(request: Request, exc: ProxyError) -> JSONResponse:
-        return answer(request, exc.status, exc.message, exc.param, exc.code)
+        return answer(request, exc.status, exc.message, param=exc.param, code=exc.code)
 
     @app.exception_handler(EmbeddingError)
     async def _embedding_error(request: Request, exc: EmbeddingError) -> JSONResponse:
         err = from_embedding_error(exc)
-        return answer(request, err.status, err.message, err.param, err.code)
+        return answer(request, err.status, err.message, param=err.param, code=err.code)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return answer(request, 400, message, param, "invalid_value")
+        return answer(request, 400, message, param=param, code="invalid_value")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return answer(request, exc.status_code, str(exc.detail), None, http_status_code(exc.status_code))
+        return answer(request, exc.status_code, str(exc.detail), code=http_status_code(exc.status_code))
 
     # any other exception: answered 500, logged and counted once by access_log.AccessLog
