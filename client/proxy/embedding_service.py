@@ -60,8 +60,8 @@ class EmbeddingService:
         dimensions: int | None = None,
         param: str = "input",
         state: Any = None,
-        truncation: Truncation | None = None,
         model_ids: bool = False,
+        truncation: Truncation | None = None,
     ) -> Embedded:
         """`raw_input` (a string, a list of strings, token ids or lists of them) embedded with `model`.
 

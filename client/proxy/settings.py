@@ -50,14 +50,14 @@ class ProxySettings:
     protect_metrics: bool = False  # require a key for /metrics too
     grace_period_s: float = 30.0  # on SIGTERM: how long in-flight requests may finish
     token_ids: TokenIdsMode = "off"  # how token-id arrays in `input` are read (TOKEN_IDS_MODES)
+    # `truncate: "CHUNK"` (long_inputs.py): windows per input at most; a longer input is a 400 (too_many_chunks).
+    max_chunks: int = 64
     # The vector cache (vector_cache.py): a per-process LRU of `cache_mb` MiB (0: none; 1,024-dim vectors take
     # ~4.3 KB each, so 256 MiB hold ~60,000) and, with `cache_url` (redis://...), a Redis the replicas share,
     # whose entries expire after `cache_ttl_s`. `--no-cache`: both off.
     cache_mb: int = 256
     cache_url: str = ""
     cache_ttl_s: int = 7 * 24 * 3600
-    # `truncate: "CHUNK"` (long_inputs.py): windows per input at most; a longer input is a 400 (too_many_chunks).
-    max_chunks: int = 64
 
     def __post_init__(self) -> None:
         if self.token_ids not in TOKEN_IDS_MODES:
