@@ -25,6 +25,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -117,6 +118,67 @@ def measure_cross_encoder(checkpoint: Path, requests: list[Candidates], *,
     return _summary(requests, latencies, time.perf_counter() - started, concurrency=1), scores
 
 
+async def _infinity_scores(url: str, model: str, requests: list[Candidates], concurrency: int) -> tuple[list, list]:
+
+    scores: list[np.ndarray] = [np.zeros(0)] * len(requests)
+    latencies: list[float] = []
+    queue = list(enumerate(requests))
+    async with httpx.AsyncClient(timeout=900) as http:
+
+        async def ranked(item: Candidates) -> np.ndarray:
+            body = {"model": model, "query": item.query, "documents": item.documents, "raw_scores": True}
+            response = await http.post(f"{url}/rerank", json=body)
+            response.raise_for_status()
+            out = np.zeros(len(item.documents))
+            for row in response.json()["results"]:
+                out[int(row["index"])] = float(row["relevance_score"])
+            return out
+
+        await ranked(requests[0])  # warm-up
+
+        async def worker() -> None:
+            while queue:
+                i, item = queue.pop(0)
+                started = time.perf_counter()
+                scores[i] = await ranked(item)
+                latencies.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return scores, latencies
+
+
+def measure_infinity(checkpoint: Path, requests: list[Candidates], *, threads: int, concurrency: int,
+                     work_dir: Path) -> tuple[dict[str, Any], list[np.ndarray]]:  # fmt: skip
+    """infinity-emb's `/rerank` (torch engine, its own venv: bench/install_infinity.sh), raw scores (logits)."""
+    from bge_triton.bench.systems import INFINITY_BIN, _spawn, _wait
+    from bge_triton.launcher import free_port
+
+    if not INFINITY_BIN.is_file():
+        raise RuntimeError(f"{INFINITY_BIN} missing: run bench/install_infinity.sh")
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+           "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}  # fmt: skip
+    process = _spawn(
+        [str(INFINITY_BIN), "v2", "--model-id", str(checkpoint), "--served-model-name", "reranker", "--engine",
+         "torch", "--device", "cpu", "--port", str(port), "--host", "127.0.0.1", "--batch-size", "32",
+         "--no-model-warmup"],
+        work_dir / "infinity-rerank.log", env=env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(f"{url}/health", process, timeout_s=600)
+        started = time.perf_counter()
+        scores, latencies = asyncio.run(_infinity_scores(url, "reranker", requests, concurrency))
+        seconds = time.perf_counter() - started
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return _summary(requests, latencies, seconds, concurrency=concurrency), scores
+
+
 def _summary(requests: list[Candidates], latencies: list[float], seconds: float, *, concurrency: int) -> dict:
     pairs = sum(len(r.documents) for r in requests)
     return {"requests": len(requests), "pairs": pairs, "seconds": round(seconds, 3),
@@ -140,13 +202,27 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
                                            concurrency=args.concurrency, work_dir=work)  # fmt: skip
     in_process, ce_scores = measure_cross_encoder(checkpoint, requests, threads=args.threads)
     diff = max(float(np.abs(a - b).max()) for a, b in zip(triton_scores, ce_scores, strict=True))
-    return {
+    systems: dict[str, Any] = {"triton": triton, "cross-encoder": in_process}
+    report = {
         "kind": "throughput", "model": model, "checkpoint": str(checkpoint), "layers_hidden": _shape(checkpoint),
         "precision": facts.precision, "threads": args.threads, "cpu": _cpu_name(), "cores": os.cpu_count(),
-        "systems": {"triton": triton, "cross-encoder": in_process},
+        "systems": systems,
         "triton_vs_cross_encoder": round(triton["pairs_per_s"] / in_process["pairs_per_s"], 2),
         "max_score_diff": diff,
     }  # fmt: skip
+    if getattr(args, "infinity", False):
+        try:
+            infinity, inf_scores = measure_infinity(checkpoint, requests, threads=args.threads,
+                                                    concurrency=args.concurrency, work_dir=work)  # fmt: skip
+        except Exception as exc:  # a peer that fails is reported, the others still count
+            systems["infinity"] = {"error": repr(exc)}
+        else:
+            systems["infinity"] = infinity
+            report["triton_vs_infinity"] = round(triton["pairs_per_s"] / infinity["pairs_per_s"], 2)
+            report["max_score_diff_infinity"] = max(
+                float(np.abs(a - b).max()) for a, b in zip(triton_scores, inf_scores, strict=True)
+            )
+    return report
 
 
 def _make_model(kind: str | None, work: Path) -> Path:
@@ -221,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--queries", type=int, default=50, help="requests (one query + 11 documents each)")
     t.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads each system may use")
     t.add_argument("--concurrency", type=int, default=4, help="Triton requests in flight")
+    t.add_argument("--infinity", action="store_true", help="also infinity-emb's /rerank (bench/install_infinity.sh)")
     q = sub.add_parser("quality", help="MRR@10 of the served reranker vs the embedder alone")
     q.add_argument("--url", default="http://127.0.0.1:8080", help="the proxy")
     q.add_argument("--reranker", default=None, help="served reranker (default: the only one)")
@@ -229,13 +306,27 @@ def main(argv: list[str] | None = None) -> None:
     for p in (t, q):
         p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     args = parser.parse_args(argv)
-    report = run_throughput(args) if args.command == "throughput" else run_quality(args)
-    args.out.mkdir(parents=True, exist_ok=True)
+    write_report(run_throughput(args) if args.command == "throughput" else run_quality(args), args.out)
+
+
+def write_report(report: dict[str, Any], out: Path) -> Path:
+    """The report as JSON under `out` (printed too), and for a throughput run a table of the systems."""
+    out.mkdir(parents=True, exist_ok=True)
     host = re.sub(r"[^A-Za-z0-9_.-]+", "-", socket.gethostname())
-    path = args.out / f"{time.strftime('%Y%m%d-%H%M%S')}-{host}-rerank-{report['kind']}.json"
+    path = out / f"{time.strftime('%Y%m%d-%H%M%S')}-{host}-rerank-{report['kind']}.json"
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(json.dumps(report, indent=2, ensure_ascii=False))
+    if report["kind"] == "throughput":
+        print(f"\n| system | pairs/s | p50 ms | p99 ms |  ({report['layers_hidden']}, {report['threads']} threads)")
+        print("|---|---|---|---|")
+        for name, row in report["systems"].items():
+            if "error" in row:
+                print(f"| {name} | error: {row['error']} | | |")
+            else:
+                lat = row["latency_ms"]
+                print(f"| {name} | {row['pairs_per_s']} | {lat['p50']} | {lat['p99']} |")
     print(f"wrote {path}", file=sys.stderr)
+    return path
 
 
 if __name__ == "__main__":

@@ -583,12 +583,29 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", type=int, default=40, help="single-text requests per latency run")
     p.add_argument("--batch", type=int, default=16, help="texts per request in the saturation run")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight in the saturation run")
+    p.add_argument(
+        "--task",
+        choices=("embed", "rerank"),
+        default="embed",
+        help="rerank: pairs/s of a cross-encoder (--checkpoint or --make-model) through Triton vs in-process "
+        "sentence-transformers CrossEncoder (and infinity-emb's /rerank when --systems names infinity)",
+    )
+    p.add_argument(
+        "--make-model",
+        choices=("tiny", "full"),
+        default=None,
+        help="--task rerank: a random-init bge-reranker-v2-m3 (full: its exact shape; tiny: 2 x 64) instead of "
+        "--checkpoint (default: none)",
+    )
     p.add_argument("--out", type=Path, default=None, help="results folder (default: bench/results)")
     p.set_defaults(func=_cmd_bench)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from bge_triton.bench.harness import ALL_SYSTEMS, EXTRA_SYSTEMS, RESULTS_DIR, BenchOptions, run_bench
+
+    if args.task == "rerank":
+        return _cmd_bench_rerank(args)
     from bge_triton.default_repository import ensure_default_repository
     from bge_triton.export.checkpoint import embedded_default_dir
 
@@ -607,6 +624,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     report = run_bench(opts)
     failed = [name for name, r in report["systems"].items() if "error" in r]  # type: ignore[union-attr]
     return 1 if failed else 0
+
+
+def _cmd_bench_rerank(args: argparse.Namespace) -> int:
+    from bge_triton.bench.harness import RESULTS_DIR
+    from bge_triton.bench.rerank_bench import run_throughput, write_report
+
+    if args.checkpoint is None and args.make_model is None:
+        print("error: --task rerank needs --checkpoint DIR (a cross-encoder) or --make-model tiny|full",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    options = argparse.Namespace(
+        checkpoint=args.checkpoint, make_model=args.make_model, repository=args.repository, model=args.model,
+        queries=args.queries, threads=args.threads, concurrency=args.concurrency,
+        infinity="infinity" in args.systems.split(","),
+    )  # fmt: skip
+    report = run_throughput(options)
+    write_report(report, args.out or RESULTS_DIR)
+    return 1 if any("error" in row for row in report["systems"].values()) else 0
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:

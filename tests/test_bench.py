@@ -57,3 +57,23 @@ def test_the_bench_command_offers_every_workload() -> None:
 
     for workload in WORKLOADS:
         assert build_parser().parse_args(["bench", "--workload", workload]).workload == workload
+
+
+def test_the_bench_command_runs_the_rerank_benchmark(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """`bge-triton bench --task rerank` needs a cross-encoder; its report names every system it measured."""
+    from bge_triton.bench.rerank_bench import write_report
+    from bge_triton.cli import main
+
+    assert main(["bench", "--task", "rerank"]) == 2
+    assert "--checkpoint DIR (a cross-encoder) or --make-model" in capsys.readouterr().err
+    row = {"pairs_per_s": 12.5, "latency_ms": {"p50": 80.0, "p99": 120.0}}
+    report = {
+        "kind": "throughput",
+        "layers_hidden": "24 x 1024",
+        "threads": 2,
+        "systems": {"triton": row, "cross-encoder": row, "infinity": {"error": "RuntimeError('missing')"}},
+    }
+    path = write_report(report, tmp_path)
+    assert json.loads(path.read_text())["systems"]["infinity"]["error"]
+    table = capsys.readouterr().out
+    assert "| triton | 12.5 | 80.0 | 120.0 |" in table and "| infinity | error: RuntimeError('missing')" in table
