@@ -5,8 +5,9 @@ Starts a tritonserver on the repository with tracing of every request (`--trace-
 the server so the trace file is complete, and splits each request's time into:
 
 - per composing model (tokenizer, encoder, and pooling where it is a step of its own): queue (QUEUE_START ->
-  COMPUTE_START: the dynamic batcher's delay), input (COMPUTE_START -> COMPUTE_INPUT_END: tensors into the Python backend's shared memory), execute
-  (COMPUTE_INPUT_END -> COMPUTE_OUTPUT_START: the model's own code) and output (-> COMPUTE_END);
+  COMPUTE_START: the dynamic batcher's delay), input (COMPUTE_START -> COMPUTE_INPUT_END: tensors into the Python
+  backend's shared memory), execute (COMPUTE_INPUT_END -> COMPUTE_OUTPUT_START: the model's own code) and output
+  (-> COMPUTE_END);
 - the ensemble's own share: its REQUEST_START -> REQUEST_END minus the time inside its steps (scheduling and the
   hops between steps);
 - the client's share: the gRPC round trip seen by the client minus the ensemble's time (serialisation, network).
