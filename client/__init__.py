@@ -1,5 +1,6 @@
 """Clients of the served models (tritonclient library and the OpenAI-compatible proxy)."""
 
+from .compact_vectors import EMBEDDING_TYPES, EmbeddingType, first_dimensions, int8_ranges, quantize
 from .errors import (
     EmbeddingError,
     InputTooLong,
@@ -28,11 +29,13 @@ from .triton_client import (
 )
 
 __all__ = [
+    "EMBEDDING_TYPES",
     "AsyncEmbeddingClient",
     "AsyncRerankClient",
     "EmbeddingClient",
     "EmbeddingError",
     "EmbeddingResult",
+    "EmbeddingType",
     "InputTooLong",
     "InvalidInput",
     "LongResult",
@@ -51,9 +54,12 @@ __all__ = [
     "as_text_list",
     "embed_long",
     "embed_long_async",
+    "first_dimensions",
     "from_triton_exception",
     "instruction",
+    "int8_ranges",
     "list_models",
     "list_models_async",
+    "quantize",
     "with_instruction",
 ]

@@ -97,3 +97,21 @@ def test_unknown_embedding_type_is_a_400(proxy: Service) -> None:
         f"{proxy.url}/v1/embeddings", json={"model": MODEL, "input": "x", "embedding_type": "int4"}, timeout=30
     )
     assert response.status_code == 400 and response.json()["error"]["param"] == "embedding_type"
+
+
+def test_the_client_library_quantises_as_the_proxy_does(proxy: Service, triton: TritonOptions) -> None:
+    """`bge_triton.client.quantize` / `first_dimensions` on the client library's vectors give the proxy's
+    `embedding_type` + `dimensions` (equal to within one level where a component sits on a level's edge: the
+    two requests may run in batches of other sizes)."""
+    from bge_triton.client import EmbeddingClient, first_dimensions
+    from bge_triton.client import quantize as client_quantize
+
+    with EmbeddingClient(triton.grpc_url, "grpc", MODEL) as client:
+        vectors = client.embed(TEXTS)
+    ours = client_quantize(first_dimensions(vectors, 100), "int8")
+    expected = quantize_embeddings(first_dimensions(vectors, 100), "int8", ranges=int8_ranges(100))
+    assert ours.dtype == np.int8 and np.array_equal(ours, expected)
+    served = _post(proxy, input=TEXTS, embedding_type="int8", dimensions=100, encoding_format="base64")["data"]
+    rows = np.stack([decode_row(d["embedding"], "int8") for d in served]).astype(np.int32)
+    assert rows.shape == ours.shape
+    assert np.abs(rows - ours.astype(np.int32)).max() <= 1 and (rows == ours).mean() >= 0.99

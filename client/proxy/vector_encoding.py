@@ -23,36 +23,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from ..compact_vectors import (  # noqa: F401 (re-exported)
+    EMBEDDING_TYPES,
+    RANGE,
+    EmbeddingType,
+    first_dimensions,
+    int8_ranges,
+    quantize,
+)
+
 if TYPE_CHECKING:
     from ..long_texts import TextChunks
-
-EmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary"]
-EMBEDDING_TYPES: tuple[EmbeddingType, ...] = ("float", "int8", "uint8", "binary", "ubinary")
-RANGE = 1.0  # int8 / uint8 ranges: [-RANGE, RANGE] in every dimension
-
-
-def int8_ranges(dim: int) -> np.ndarray:
-    """The fixed calibration ranges (float32 [2, dim]: starts, ends) of int8 and uint8."""
-    return np.vstack((np.full(dim, -RANGE), np.full(dim, RANGE))).astype(np.float32)
-
-
-def quantize(vectors: np.ndarray, embedding_type: EmbeddingType) -> np.ndarray:
-    """float32 [n, dim] (unit rows) -> [n, dim] float32 / int8 / uint8, or [n, ceil(dim / 8)] packed bits."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    if embedding_type == "float":
-        return vectors
-    if embedding_type in ("int8", "uint8"):
-        ranges = int8_ranges(vectors.shape[1])
-        starts = ranges[0, :]
-        steps = (ranges[1, :] - starts) / 255
-        levels = np.clip(np.floor((vectors - starts) / steps), 0, 255)
-        return levels.astype(np.uint8) if embedding_type == "uint8" else (levels - 128).astype(np.int8)
-    bits = np.packbits(vectors > 0, axis=-1)
-    if embedding_type == "ubinary":
-        return bits
-    if embedding_type == "binary":
-        return (bits - 128).astype(np.int8)
-    raise ValueError(f"unknown embedding_type {embedding_type!r} ({', '.join(EMBEDDING_TYPES)})")
 
 
 def encode_rows(rows: np.ndarray, encoding_format: Literal["float", "base64"]) -> list:
@@ -72,14 +53,6 @@ def decode_row(data: str | list, embedding_type: EmbeddingType) -> np.ndarray:
     if isinstance(data, str):
         return np.frombuffer(base64.b64decode(data), dtype=dtype).copy()
     return np.asarray(data, dtype=dtype)
-
-
-def first_dimensions(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
-    """The first `dimensions` components of unit rows, re-normalised (the `dimensions` field)."""
-    if dimensions is None or dimensions >= vectors.shape[1]:
-        return vectors
-    short = vectors[:, :dimensions]
-    return (short / np.maximum(np.linalg.norm(short, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def response_items(
