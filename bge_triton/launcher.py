@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,6 +44,44 @@ def remove_shm_regions(prefix: str) -> int:
             freed += path.stat().st_size
             path.unlink()
     return freed
+
+
+def remove_orphaned_shm_regions() -> int:
+    """Delete the regions of servers whose launcher is gone (SIGKILLed with its tritonserver: nothing ran
+    `release_shm`) and that no process maps any more; the bytes they held. Our prefix names the launcher's pid."""
+    mapped = _mapped_shm_files()
+    freed = 0
+    for path in SHM_DIR.glob(f"{SHM_PREFIX_BASE}bge*_*"):
+        match = re.match(rf"{SHM_PREFIX_BASE}bge(\d+)_", path.name)
+        if match is None or _pid_alive(int(match.group(1))) or str(path) in mapped:
+            continue
+        with contextlib.suppress(OSError):
+            size = path.stat().st_size
+            path.unlink()
+            freed += size
+    return freed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _mapped_shm_files() -> set[str]:
+    """Every /dev/shm file some process has mapped (from /proc/*/maps)."""
+    mapped: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        with contextlib.suppress(OSError):
+            for line in maps.read_text().splitlines():
+                where = line.find(str(SHM_DIR) + "/")
+                if where >= 0:
+                    mapped.add(line[where:].removesuffix(" (deleted)"))
+    return mapped
 
 
 class LaunchError(RuntimeError):
@@ -229,6 +268,11 @@ class TritonServer:
         if self.process is not None:  # a restart: the previous process's regions go, the new one gets its own
             self.release_shm()
             self.shm_prefix = self._new_shm_prefix()
+        else:
+            freed = remove_orphaned_shm_regions()
+            if freed:
+                log.info("removed %.0f MB of shared memory left by tritonservers whose launcher was killed",
+                         freed / 2**20)  # fmt: skip
         stdout: int | IO[bytes] = subprocess.PIPE
         if self._log_handle is not None:  # left open by a process that died
             self._log_handle.close()

@@ -61,3 +61,28 @@ def test_tritonserver_does_not_outlive_a_killed_launcher(repository: Path, tmp_p
         except httpx.TransportError:
             return
     pytest.fail("tritonserver still answers after its launcher was killed")
+
+
+def test_regions_of_a_killed_launcher_are_removed_unless_still_mapped() -> None:
+    """A launcher SIGKILLed with its tritonserver leaves its Python-backend regions (64 MB each) in /dev/shm; the
+    next start removes those whose launcher is gone and that no process maps, and nothing else."""
+    import mmap
+    import subprocess
+    import sys
+
+    from bge_triton.launcher import SHM_DIR, SHM_PREFIX_BASE, remove_orphaned_shm_regions
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)
+    orphan = SHM_DIR / f"{SHM_PREFIX_BASE}bge{dead}_test0001_region"
+    in_use = SHM_DIR / f"{SHM_PREFIX_BASE}bge{dead}_test0002_region"
+    ours = SHM_DIR / f"{SHM_PREFIX_BASE}bge{os.getpid()}_test0003_region"
+    for path in (orphan, in_use, ours):
+        path.write_bytes(b"\0" * 4096)
+    try:
+        with in_use.open("r+b") as handle, mmap.mmap(handle.fileno(), 4096):
+            assert remove_orphaned_shm_regions() >= 4096
+            assert not orphan.exists() and in_use.exists() and ours.exists()
+    finally:
+        for path in (orphan, in_use, ours):
+            path.unlink(missing_ok=True)
