@@ -134,12 +134,7 @@ def create_app(settings: ProxySettings) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _discover_or_503() -> None:
-        try:
-            await registry.discover()
-        except ProxyError:
-            raise
-        except Exception as exc:
-            raise ProxyError(503, f"Triton is not available: {exc}", code="triton_unavailable") from None
+        await registry.discover_or_503()
 
     return app
 

@@ -146,6 +146,15 @@ class ModelRegistry:
             self.clients = sets
             log.info("serving %s from Triton at %s", ", ".join(sets), ", ".join(urls))
 
+    async def discover_or_503(self) -> None:
+        """`discover`, with any failure to reach Triton as a 503 `triton_unavailable` ProxyError (routes)."""
+        try:
+            await self.discover()
+        except ProxyError:
+            raise
+        except Exception as exc:
+            raise ProxyError(503, f"Triton is not available: {exc}", code="triton_unavailable") from None
+
     async def _discovered(self) -> None:
         try:
             await self.discover()

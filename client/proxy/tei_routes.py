@@ -137,12 +137,7 @@ def install_tei_routes(app: FastAPI, registry: ModelRegistry, settings: ProxySet
         return name, replicas
 
     async def _discover() -> None:
-        try:
-            await registry.discover()
-        except ProxyError:
-            raise
-        except Exception as exc:
-            raise ProxyError(503, f"Triton is not available: {exc}", code="triton_unavailable") from None
+        await registry.discover_or_503()
 
     def input_type(prompt_name: str | None) -> InputType:
         if prompt_name is None:
