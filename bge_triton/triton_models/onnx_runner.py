@@ -57,6 +57,13 @@ class RowRef:
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # preferred first, where installed
 
+# What onnxruntime's intra-op threads do when they run out of work. `on` is onnxruntime's default: they spin, for up
+# to ~1 s after a run on Intel hosts, which on a small host takes the cores the tokenizer, Triton's gRPC threads and
+# the proxy need for the very same request (a lone 16-token query: p50 ~22 ms spinning, ~14.5 ms not, 2 cores,
+# docs/benchmarks.md). `run`: spin inside a run only (session.force_spinning_stop); `off`: never spin.
+SPINNING_MODES = ("off", "run", "on")
+DEFAULT_SPINNING = "off"
+
 
 def select_providers(device: str, available: list[str], device_id: int = 0) -> list[str | tuple[str, dict]]:
     """onnxruntime execution providers for `device`: cpu -> the CPU provider; cuda -> TensorRT and CUDA where this
@@ -74,9 +81,20 @@ def select_providers(device: str, available: list[str], device_id: int = 0) -> l
     return [*gpu, "CPUExecutionProvider"]
 
 
-def onnx_session(onnx_path: str | Path, *, threads: int = 0, device: str = "cpu", device_id: int = 0) -> Any:
+def spinning_mode(configured: str | None = None) -> str:
+    """The spinning mode: $BGE_TRITON_ORT_SPINNING, else `configured` (a config parameter), else the default."""
+    mode = (os.environ.get("BGE_TRITON_ORT_SPINNING") or configured or DEFAULT_SPINNING).strip().lower()
+    if mode not in SPINNING_MODES:
+        raise ValueError(f"onnxruntime spinning {mode!r}: one of {', '.join(SPINNING_MODES)}")
+    return mode
+
+
+def onnx_session(
+    onnx_path: str | Path, *, threads: int = 0, device: str = "cpu", device_id: int = 0, spinning: str | None = None
+) -> Any:
     """An onnxruntime session on `onnx_path`: all graph optimisations, `threads` intra-op threads (0: onnxruntime's
-    default), one inter-op thread, the providers of `device`."""
+    default), one inter-op thread, the providers of `device`, intra-op threads spinning as `spinning_mode(spinning)`
+    says."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -84,6 +102,11 @@ def onnx_session(onnx_path: str | Path, *, threads: int = 0, device: str = "cpu"
     if threads > 0:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    mode = spinning_mode(spinning)
+    if mode == "off":
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    elif mode == "run":
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     providers = select_providers(device, ort.get_available_providers(), device_id)
     return ort.InferenceSession(str(onnx_path), options, providers=providers)
 
@@ -345,11 +368,14 @@ class TritonPythonModel(RunnerModel):
         threads = int(params.get("intra_op_threads", "0")) or int(os.environ.get("BGE_TRITON_ORT_THREADS", "0"))
         device = params.get("device", "cpu")  # cuda: the GPU of this instance (instance group KIND_GPU)
         device_id = int(args.get("model_instance_device_id", "0") or 0)
+        spinning = params.get("ort_spinning")  # off (default), run, on: see SPINNING_MODES
         session = onnx_session(
-            version_dir / params.get("onnx_file", "model.onnx"), threads=threads, device=device, device_id=device_id
-        )
+            version_dir / params.get("onnx_file", "model.onnx"),
+            threads=threads, device=device, device_id=device_id, spinning=spinning,
+        )  # fmt: skip
         if params.get("pooling_onnx_file"):  # the encoder step with the pooling folded in (export/repository.py)
-            session = PooledSession(session, onnx_session(version_dir / params["pooling_onnx_file"], threads=1))
+            pooling = onnx_session(version_dir / params["pooling_onnx_file"], threads=1, spinning=spinning)
+            session = PooledSession(session, pooling)
         return PaddedOnnxRunner(
             None,
             session=session,
