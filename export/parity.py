@@ -132,15 +132,16 @@ class OnnxPipeline:
         threads: int = 0,
         encoder: PaddedOnnxRunner | None = None,
         pooling: PaddedOnnxRunner | None = None,
+        spinning: str | None = None,
     ):
         """`encoder`, `pooling`: another engine's runners (the torch engine's) instead of onnxruntime on the
-        graphs."""
+        graphs; `spinning`: onnxruntime's intra-op threads between runs (onnx_runner.spinning_mode)."""
         self.facts = facts
         self.tokenizer = TextTokenizer(tokenizer_json, facts.max_tokens, facts.pad_token_id)
         self.encoder = encoder or PaddedOnnxRunner(
-            encoder_onnx, threads=threads, pad_values={"input_ids": facts.pad_token_id}
+            encoder_onnx, threads=threads, pad_values={"input_ids": facts.pad_token_id}, spinning=spinning
         )
-        self.pooling = pooling or PaddedOnnxRunner(pooling_onnx, threads=threads)
+        self.pooling = pooling or PaddedOnnxRunner(pooling_onnx, threads=threads, spinning=spinning)
 
     def hidden_states(self, texts: list[str]) -> tuple[TokenizedBatch, np.ndarray]:
         """Tokenize one batch and run the encoder: (the batch, last_hidden_state)."""

@@ -59,10 +59,12 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # prefer
 
 # What onnxruntime's intra-op threads do when they run out of work. `on` is onnxruntime's default: they spin, for up
 # to ~1 s after a run on Intel hosts, which on a small host takes the cores the tokenizer, Triton's gRPC threads and
-# the proxy need for the very same request (a lone 16-token query: p50 ~22 ms spinning, ~14.5 ms not, 2 cores,
-# docs/benchmarks.md). `run`: spin inside a run only (session.force_spinning_stop); `off`: never spin.
+# the proxy need for the very same request (a lone 16-token query through Triton: p50 ~22 ms spinning, ~14.5 ms
+# not, on 2 cores). `off`: never spin; as fast for a lone query, but ~17% slower on a batch of 400 texts (each
+# parallel section wakes its threads). `run` (default): spin inside a run, stop at its end
+# (session.force_spinning_stop): a lone query as fast as `off`, a batch as fast as `on` (docs/benchmarks.md).
 SPINNING_MODES = ("off", "run", "on")
-DEFAULT_SPINNING = "off"
+DEFAULT_SPINNING = "run"
 
 
 def select_providers(device: str, available: list[str], device_id: int = 0) -> list[str | tuple[str, dict]]:
@@ -180,11 +182,13 @@ class PaddedOnnxRunner:
         session: Any = None,
         device: str = "cpu",
         device_id: int = 0,
+        spinning: str | None = None,
     ):
         """`session`: anything with onnxruntime's `get_inputs()`, `get_outputs()` and `run(names, feeds)` (the
-        torch engine's `TorchEncoderSession`); None: an onnxruntime session on `onnx_path`."""
+        torch engine's `TorchEncoderSession`); None: an onnxruntime session on `onnx_path` (`spinning`: see
+        `spinning_mode`)."""
         if session is None:
-            session = onnx_session(onnx_path, threads=threads, device=device, device_id=device_id)
+            session = onnx_session(onnx_path, threads=threads, device=device, device_id=device_id, spinning=spinning)
         self.session = session
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -368,7 +372,7 @@ class TritonPythonModel(RunnerModel):
         threads = int(params.get("intra_op_threads", "0")) or int(os.environ.get("BGE_TRITON_ORT_THREADS", "0"))
         device = params.get("device", "cpu")  # cuda: the GPU of this instance (instance group KIND_GPU)
         device_id = int(args.get("model_instance_device_id", "0") or 0)
-        spinning = params.get("ort_spinning")  # off (default), run, on: see SPINNING_MODES
+        spinning = params.get("ort_spinning")  # run (default), off, on: see SPINNING_MODES
         session = onnx_session(
             version_dir / params.get("onnx_file", "model.onnx"),
             threads=threads, device=device, device_id=device_id, spinning=spinning,
