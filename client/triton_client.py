@@ -1037,6 +1037,8 @@ class AsyncEmbeddingClient(_ClientBase):
             async with semaphore:
                 return await fn(chunk)
 
+        if len(chunks) == 1:  # awaited here: no task and its extra event-loop turns
+            return [await bounded(chunks[0])]
         tasks = [asyncio.ensure_future(bounded(chunk)) for chunk in chunks]
         try:
             return list(await asyncio.gather(*tasks))

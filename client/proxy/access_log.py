@@ -25,6 +25,9 @@ UNMATCHED = "unmatched"  # the endpoint label of every path no route serves (404
 
 def route_label(router: Router, scope: Scope) -> str:
     """The template of the route serving `scope` (its 405 route when only the method differs), else UNMATCHED."""
+    served = scope.get("route")  # FastAPI puts the route it matched in the scope: no second matching
+    if served is not None and getattr(served, "path", None):
+        return str(served.path)
     partial = None
     for route in router.routes:
         match, _ = route.matches(scope)

@@ -62,7 +62,7 @@ class BodyLimits:
             if complete:  # after the body: a disconnect listener, no deadline
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                message = await _receive_by(receive, deadline, loop)
             except TimeoutError:
                 answered = await answer_once(self.too_slow())
                 return DISCONNECT
@@ -82,6 +82,16 @@ class BodyLimits:
             await send(message)
 
         await self.app(scope, limited_receive, guarded_send)
+
+
+async def _receive_by(receive: Receive, deadline: float, loop: asyncio.AbstractEventLoop) -> Message:
+    """`receive()`, or TimeoutError at `deadline` (loop time). Python 3.11's `asyncio.timeout_at` waits in the
+    calling task; `wait_for` (3.10) wraps the call in a task of its own, two more event-loop turns per message."""
+    timeout_at = getattr(asyncio, "timeout_at", None)
+    if timeout_at is None:  # Python 3.10
+        return await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+    async with timeout_at(deadline):
+        return await receive()
 
 
 async def _answer(scope: Scope, send: Send, response: Response) -> None:

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("bge_triton.proxy")
 LOG_INTERVAL_S = 10.0
@@ -101,12 +102,15 @@ class HeadWithBodyTransport:
         return getattr(self._inner, name)
 
 
-def bounded_protocol(header_timeout_s: float, max_connections: int) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a header timeout, a connection cap and each response's head sent with its body
-    (pass as `uvicorn.Config(http=...)`)."""
+def bounded_protocol(
+    header_timeout_s: float, max_connections: int, parser: str = "httptools"
+) -> type[H11Protocol | HttpToolsProtocol]:
+    """uvicorn's HTTP/1.1 protocol (`parser`: httptools, its C parser, or h11, pure Python) with a header timeout, a
+    connection cap and each response's head sent with its body (pass as `uvicorn.Config(http=...)`)."""
     refused = RateLimitedWarning()
+    base: type[Any] = {"httptools": HttpToolsProtocol, "h11": H11Protocol}[parser]
 
-    class BoundedH11Protocol(H11Protocol):
+    class BoundedProtocol(base):  # type: ignore[misc,valid-type]
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(HeadWithBodyTransport(transport))  # type: ignore[arg-type]
             self._head_timer: asyncio.TimerHandle | None = None
@@ -144,7 +148,7 @@ def bounded_protocol(header_timeout_s: float, max_connections: int) -> type[H11P
             self._disarm()
             super().connection_lost(exc)
 
-    return BoundedH11Protocol
+    return BoundedProtocol
 
 
 def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:

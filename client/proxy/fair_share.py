@@ -134,12 +134,15 @@ async def embed_in_slices(
                 return await replicas.embed_token_ids(part, truncate=True)
             return await replicas.embed_with_usage(part, query=query, truncate=True)
 
-    tasks = [asyncio.ensure_future(run(group)) for group in groups]
-    try:
-        parts = await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
+    if len(groups) == 1:  # one slice (a RAG query): awaited here, no task and its extra event-loop turns
+        parts = [await run(groups[0])]
+    else:
+        tasks = [asyncio.ensure_future(run(group)) for group in groups]
+        try:
+            parts = await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
     order = np.concatenate([np.asarray(group, dtype=np.int64) for group in groups])
     columns = []
     for name in ("vectors", "token_counts", "full_token_counts"):

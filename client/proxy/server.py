@@ -41,6 +41,16 @@ class ProxyServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def event_loop() -> str:
+    """uvloop where it is installed (every Linux/macOS install: a dependency), else asyncio's own loop. uvloop
+    and the httptools parser (connections.py) took ~0.5 ms of CPU off each request on 2 cores (issue 19)."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
 def build_server(settings: ProxySettings, on_started: Callable[[], None] | None = None) -> ProxyServer:
     config = uvicorn.Config(
         create_app(settings),
@@ -50,6 +60,7 @@ def build_server(settings: ProxySettings, on_started: Callable[[], None] | None 
         access_log=False,  # the app logs one line per request itself
         timeout_graceful_shutdown=max(1, round(settings.grace_period_s)),
         http=bounded_protocol(settings.header_timeout_s, connection_cap(settings.max_connections)),
+        loop=event_loop(),
     )
     return ProxyServer(config, on_started)
 

@@ -58,7 +58,7 @@ class CacheScope:
     dim: int  # full dimension: a stored value of another length is never returned
 
     def key(self, item: str | Sequence[int]) -> bytes:
-        digest = hashlib.sha256(self._prefix())
+        digest = self._prefix_digest.copy()
         if isinstance(item, str):
             digest.update(b"t" + item.encode("utf-8", "surrogatepass"))
         else:
@@ -68,6 +68,10 @@ class CacheScope:
     def _prefix(self) -> bytes:
         fields = asdict(self)
         return json.dumps([KEY_VERSION, fields], ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\0"
+
+    @functools.cached_property
+    def _prefix_digest(self) -> hashlib._Hash:  # the scope's part of every key, hashed once per scope
+        return hashlib.sha256(self._prefix())
 
 
 @functools.lru_cache(maxsize=64)
