@@ -60,9 +60,9 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # prefer
 # What onnxruntime's intra-op threads do when they run out of work. `on` is onnxruntime's default: they spin, for up
 # to ~1 s after a run on Intel hosts, which on a small host takes the cores the tokenizer, Triton's gRPC threads and
 # the proxy need for the very same request (a lone 16-token query through Triton: p50 ~22 ms spinning, ~14.5 ms
-# not, on 2 cores). `off`: never spin; as fast for a lone query, but ~17% slower on a batch of 400 texts (each
-# parallel section wakes its threads). `run` (default): spin inside a run, stop at its end
-# (session.force_spinning_stop): a lone query as fast as `off`, a batch as fast as `on` (docs/benchmarks.md).
+# not, on 2 cores). `off`: never spin (each parallel section then wakes its threads). `run` (default): spin inside
+# a run, stop at its end (session.force_spinning_stop): a lone query as fast as `off`, onnxruntime's own behaviour
+# inside a run (docs/benchmarks.md).
 SPINNING_MODES = ("off", "run", "on")
 DEFAULT_SPINNING = "run"
 
