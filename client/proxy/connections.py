@@ -1,8 +1,8 @@
 """Bounded client connections: a header timeout, a connection cap, and a rate-limited out-of-descriptors log.
 
-uvicorn (h11) keeps a connection whose request head never completes for ever, so ~20,000 held partial-header
-connections took every descriptor of the proxy, after which asyncio logged "socket.accept() out of system
-resource" with a traceback on every accept attempt. Here:
+uvicorn (with httptools, the proxy's parser, as with h11) keeps a connection whose request head never completes
+for ever, so ~20,000 held partial-header connections took every descriptor of the proxy, after which asyncio
+logged "socket.accept() out of system resource" with a traceback on every accept attempt. Here:
 
 - a connection that has not sent a complete request head within `header_timeout_s` of connecting (or of
   sending the first bytes of its next request) is closed;
