@@ -33,6 +33,7 @@ import numpy as np
 from bge_triton.model_facts import FactsError, ModelFacts
 from bge_triton.model_names import model_names
 
+from .concurrent_calls import gather_or_cancel
 from .errors import (
     EmbeddingError,
     InputTooLong,
@@ -1037,14 +1038,7 @@ class AsyncEmbeddingClient(_ClientBase):
             async with semaphore:
                 return await fn(chunk)
 
-        if len(chunks) == 1:  # awaited here: no task and its extra event-loop turns
-            return [await bounded(chunks[0])]
-        tasks = [asyncio.ensure_future(bounded(chunk)) for chunk in chunks]
-        try:
-            return list(await asyncio.gather(*tasks))
-        finally:
-            for task in tasks:
-                task.cancel()
+        return await gather_or_cancel([bounded(chunk) for chunk in chunks])
 
     async def _call(self, fn: Callable[[], Awaitable[T]], *, retry: bool = True) -> T:
         for delay in self._core.delays() if retry else iter([None]):

@@ -20,6 +20,8 @@ from typing import Any, Literal, TextIO
 
 import numpy as np
 
+from bge_triton.client.concurrent_calls import gather_or_cancel
+
 from .datasets import DEFAULT_TASKS, DatasetError, EvalSet, RetrievalSet, StsSet, load_task
 from .embedders import Embedder, EvalServiceError, InputType, ModelInfo
 from .metrics import cosine_rows, retrieval_metrics, spearman
@@ -144,12 +146,7 @@ async def embed_texts(
             bar.update(len(indices))
         return vectors
 
-    tasks = [asyncio.ensure_future(one(batch)) for batch in batches]
-    try:
-        parts = await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
+    parts = await gather_or_cancel([one(batch) for batch in batches])
     if len({p.shape[1] for p in parts}) != 1:
         raise EvalServiceError("the service answered embeddings of different dimensions")
     out = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..compact_vectors import first_dimensions
 from ..long_texts import TextChunks, Truncation
 from ..triton_client import EmbeddingResult
 from .errors import ProxyError
@@ -122,21 +123,12 @@ class EmbeddingService:
         tokens = state.tokens = result.total_tokens
         self.metrics.inputs.labels(name).observe(len(items))
         self.metrics.tokens.labels(name).observe(tokens)
-        return Embedded(name=name, vectors=shorten(result, dimensions), tokens=tokens, inputs=len(items), chunks=chunks)
+        vectors = first_dimensions(result.vectors, dimensions)
+        return Embedded(name=name, vectors=vectors, tokens=tokens, inputs=len(items), chunks=chunks)
 
     async def close(self) -> None:
         if self.cache is not None:
             await self.cache.close()
-
-
-def shorten(result: EmbeddingResult, dimensions: int | None) -> np.ndarray:
-    """The first `dimensions` components, re-normalised (Matryoshka-style `dimensions` of OpenAI's API)."""
-    vectors = result.vectors
-    if dimensions is None or dimensions == vectors.shape[1]:
-        return vectors
-    short = vectors[:, :dimensions]
-    norms = np.linalg.norm(short, axis=1, keepdims=True)
-    return (short / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def _input_type(explicit: InputType | None, target: Resolved) -> InputType:

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 
+from ..concurrent_calls import gather_or_cancel
 from ..errors import InputTooLong
 from ..triton_client import EmbeddingResult
 from .replicas import ReplicaSet
@@ -134,15 +135,7 @@ async def embed_in_slices(
                 return await replicas.embed_token_ids(part, truncate=True)
             return await replicas.embed_with_usage(part, query=query, truncate=True)
 
-    if len(groups) == 1:  # one slice (a RAG query): awaited here, no task and its extra event-loop turns
-        parts = [await run(groups[0])]
-    else:
-        tasks = [asyncio.ensure_future(run(group)) for group in groups]
-        try:
-            parts = await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
+    parts = await gather_or_cancel([run(group) for group in groups])
     order = np.concatenate([np.asarray(group, dtype=np.int64) for group in groups])
     columns = []
     for name in ("vectors", "token_counts", "full_token_counts"):

@@ -25,7 +25,6 @@ import numpy as np
 
 from ..compact_vectors import (  # noqa: F401 (re-exported)
     EMBEDDING_TYPES,
-    RANGE,
     EmbeddingType,
     first_dimensions,
     int8_ranges,
