@@ -16,8 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bge_triton.export.model_configs import BatchingOptions
 from bge_triton.export.onnx_export import encoder_input_names
-from bge_triton.export.repository import BatchingOptions, write_repository
+from bge_triton.export.repository import write_repository
 from bge_triton.model_facts import read_facts
 
 from .harness import RESULTS_DIR, BenchOptions, run_bench

@@ -105,7 +105,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from bge_triton.export.checkpoint import CheckpointError
     from bge_triton.export.exporter import ParityError, export_model
     from bge_triton.export.gpu_target import ExportOptionsError
-    from bge_triton.export.repository import BatchingOptions
+    from bge_triton.export.model_configs import BatchingOptions
     from bge_triton.export.torch_engine import EngineOptionsError
 
     opts = BatchingOptions(

@@ -21,6 +21,7 @@ from bge_triton.triton_models.torch_runner import torch_runner
 from .checkpoint import default_name, resolve_checkpoint
 from .gpu_target import ExportOptionsError, check_export_options
 from .m3_heads import export_m3_heads, load_m3_heads, unused_token_ids
+from .model_configs import BatchingOptions, M3HeadFiles, Target
 from .onnx_export import (
     EXTERNAL_DATA_THRESHOLD_BYTES,
     INT8_SCOPES,
@@ -44,7 +45,7 @@ from .parity import (
     compare,
     compare_m3,
 )
-from .repository import BatchingOptions, M3HeadFiles, Target, TorchEncoder, write_repository
+from .repository import TorchEncoder, write_repository
 from .score_bands import measure, to_text
 from .torch_engine import check_engine_options
 

@@ -23,7 +23,7 @@ from bge_triton.triton_models.onnx_runner import DEFAULT_MAX_BATCH_TOKENS
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from .repository import BatchingOptions, Target
+    from .model_configs import BatchingOptions, Target
 
 log = logging.getLogger("bge_triton.export")
 

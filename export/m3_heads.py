@@ -25,8 +25,8 @@ from torch import nn
 
 from bge_triton.model_facts import COLBERT_LINEAR_FILE, SPARSE_LINEAR_FILE, ModelFacts
 
+from .model_configs import M3HeadFiles
 from .onnx_export import SEQUENCE, export_module, pin_output_dims
-from .repository import M3HeadFiles
 
 # The ids FlagEmbedding leaves out of the lexical weights: tokenizer.special_tokens_map's entries for these.
 UNUSED_SPECIAL_TOKENS: tuple[str, ...] = ("cls_token", "eos_token", "pad_token", "unk_token")

@@ -23,8 +23,8 @@ from bge_triton.triton_models.onnx_runner import PaddedOnnxRunner
 from bge_triton.triton_models.tokenizer import TextTokenizer, TokenizedBatch
 
 from .m3_heads import UNUSED_SPECIAL_TOKENS, M3Heads, load_m3_heads
+from .model_configs import M3HeadFiles
 from .onnx_export import Pooler
-from .repository import M3HeadFiles
 
 # Minimum cosine between the exported pipeline and PyTorch, per precision.
 PARITY_THRESHOLDS = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}

@@ -23,6 +23,7 @@ from bge_triton.model_facts import ModelFacts
 from bge_triton.triton_models.onnx_runner import PaddedOnnxRunner
 from bge_triton.triton_models.pair_tokenizer import PairTokenizer
 
+from .model_configs import BatchingOptions, Target
 from .onnx_export import (
     EXTERNAL_DATA_THRESHOLD_BYTES,
     SEQUENCE,
@@ -34,7 +35,6 @@ from .onnx_export import (
     optimize_encoder,
 )
 from .parity import ParityReport
-from .repository import BatchingOptions, Target
 from .rerank_repository import write_rerank_repository
 
 if TYPE_CHECKING:

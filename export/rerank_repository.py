@@ -7,7 +7,7 @@ Ensemble `<name>` (the model facts in its parameters and `model_facts.json`, `ta
           TOKEN_COUNT, FULL_TOKEN_COUNT INT64 [1]  the pair's tokens after / before truncation
 
 The encoder is the sequence-classification graph under the same configuration as an embedding encoder
-(`repository._onnx_model_config`: the ONNX runner on the local target with its token budget, onnxruntime on
+(`model_configs.onnx_model_config`: the ONNX runner on the local target with its token budget, onnxruntime on
 container-gpu; dynamic batching, the queue policy), so dynamic batching and `--max-batch-tokens` work as for
 embeddings. Folders are staged and renamed into place as `write_repository` does.
 """
@@ -25,23 +25,25 @@ from bge_triton.model_names import rerank_model_names
 
 from . import torch_engine
 from .gpu_target import check_export_options, resolve_options
-from .onnx_export import encoder_input_names
-from .repository import (
-    SOURCES_DIR,
-    STAGING_PREFIX,
+from .model_configs import (
     TARGETS,
     BatchingOptions,
     Target,
-    _dynamic_batching,
-    _inp,
-    _onnx_model_config,
-    _out,
-    _refuse_mixed_targets,
-    _remove_stale_staging,
-    _set_params,
-    _write_model,
+    dynamic_batching,
+    model_input,
+    model_output,
+    onnx_model_config,
+    set_params,
+)
+from .onnx_export import encoder_input_names
+from .repository import SOURCES_DIR
+from .repository_folders import (
+    STAGING_PREFIX,
     move_folder,
+    refuse_mixed_targets,
+    remove_stale_staging,
     staging_parent,
+    write_model,
 )
 
 SCORE_OUTPUT = "SCORE"
@@ -50,15 +52,15 @@ SCORE_OUTPUT = "SCORE"
 def pair_tokenizer_config(facts: ModelFacts, opts: BatchingOptions) -> mc.ModelConfig:
     config = mc.ModelConfig(name=rerank_model_names(facts.name)["tokenizer"], backend="python")
     config.max_batch_size = opts.max_batch_size
-    config.input.append(_inp("QUERY", "bytes", [1]))
-    config.input.append(_inp("DOCUMENT", "bytes", [1]))
+    config.input.append(model_input("QUERY", "bytes", [1]))
+    config.input.append(model_input("DOCUMENT", "bytes", [1]))
     for out in ("INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS"):
-        config.output.append(_out(out, "int64", [-1]))
-    config.output.append(_out("TOKEN_COUNT", "int64", [1]))
-    config.output.append(_out("FULL_TOKEN_COUNT", "int64", [1]))
-    _dynamic_batching(config, opts, waits=bool(opts.pad_buckets))
+        config.output.append(model_output(out, "int64", [-1]))
+    config.output.append(model_output("TOKEN_COUNT", "int64", [1]))
+    config.output.append(model_output("FULL_TOKEN_COUNT", "int64", [1]))
+    dynamic_batching(config, opts, waits=bool(opts.pad_buckets))
     config.instance_group.append(mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU))
-    _set_params(
+    set_params(
         config,
         {
             "tokenizer_file": "tokenizer.json",
@@ -74,7 +76,7 @@ def pair_tokenizer_config(facts: ModelFacts, opts: BatchingOptions) -> mc.ModelC
 def rerank_encoder_config(
     facts: ModelFacts, target: Target, opts: BatchingOptions, input_names: list[str]
 ) -> mc.ModelConfig:
-    return _onnx_model_config(
+    return onnx_model_config(
         rerank_model_names(facts.name)["encoder"],
         target,
         opts,
@@ -90,11 +92,11 @@ def rerank_encoder_config(
 def rerank_ensemble_config(facts: ModelFacts, opts: BatchingOptions, input_names: list[str]) -> mc.ModelConfig:
     names = rerank_model_names(facts.name)
     config = mc.ModelConfig(name=names["ensemble"], platform="ensemble", max_batch_size=opts.max_batch_size)
-    config.input.append(_inp("QUERY", "bytes", [1]))
-    config.input.append(_inp("DOCUMENT", "bytes", [1]))
-    config.output.append(_out(SCORE_OUTPUT, "fp32", [1]))
-    config.output.append(_out("TOKEN_COUNT", "int64", [1]))
-    config.output.append(_out("FULL_TOKEN_COUNT", "int64", [1]))
+    config.input.append(model_input("QUERY", "bytes", [1]))
+    config.input.append(model_input("DOCUMENT", "bytes", [1]))
+    config.output.append(model_output(SCORE_OUTPUT, "fp32", [1]))
+    config.output.append(model_output("TOKEN_COUNT", "int64", [1]))
+    config.output.append(model_output("FULL_TOKEN_COUNT", "int64", [1]))
     tokenizer_outputs = {"INPUT_IDS": "input_ids", "ATTENTION_MASK": "attention_mask"}
     if "token_type_ids" in input_names:
         tokenizer_outputs["TOKEN_TYPE_IDS"] = "token_type_ids"
@@ -104,7 +106,7 @@ def rerank_ensemble_config(facts: ModelFacts, opts: BatchingOptions, input_names
               output_map=tokenizer_outputs)  # fmt: skip
     steps.add(model_name=names["encoder"], model_version=-1, input_map={n: n for n in input_names},
               output_map={"logits": SCORE_OUTPUT})  # fmt: skip
-    _set_params(config, facts.to_parameters())
+    set_params(config, facts.to_parameters())
     return config
 
 
@@ -131,11 +133,11 @@ def write_rerank_repository(
     names = rerank_model_names(facts.name)
     input_names = encoder_input_names(facts)
     local = target == "local"
-    _refuse_mixed_targets(repository, target, set(names.values()))
-    _remove_stale_staging(repository)
+    refuse_mixed_targets(repository, target, set(names.values()))
+    remove_stale_staging(repository)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=staging_parent(repository)))
     try:
-        _write_model(
+        write_model(
             staging,
             pair_tokenizer_config(facts, opts),
             {
@@ -148,9 +150,9 @@ def write_rerank_repository(
         if local:
             encoder = torch_engine.place_onnx_encoder(encoder, device)
         runner = {"model.py": SOURCES_DIR / "onnx_runner.py"} if local else {}
-        _write_model(staging, encoder, {"model.onnx": encoder_onnx, **runner},
+        write_model(staging, encoder, {"model.onnx": encoder_onnx, **runner},
                      extra={"parity.json": parity_json} if parity_json else None)  # fmt: skip
-        _write_model(staging, rerank_ensemble_config(facts, opts, input_names), {},
+        write_model(staging, rerank_ensemble_config(facts, opts, input_names), {},
                      extra={FACTS_FILE: facts.to_json()})  # fmt: skip
         for folder in names.values():
             dest = repository / folder

@@ -23,8 +23,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from bge_triton.export.exporter import ExportResult
 from bge_triton.export.gpu_target import default_buckets
+from bge_triton.export.model_configs import BatchingOptions, config_text
 from bge_triton.export.onnx_export import encoder_input_names
-from bge_triton.export.repository import BatchingOptions, config_text, write_repository
+from bge_triton.export.repository import write_repository
 from bge_triton.launcher import TritonOptions, TritonServer, free_port
 
 REQUESTS = 96

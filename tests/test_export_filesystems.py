@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from bge_triton.export.onnx_export import export_pooling
-from bge_triton.export.repository import STAGING_PREFIX, move_folder, staging_parent, write_repository
+from bge_triton.export.repository import write_repository
+from bge_triton.export.repository_folders import STAGING_PREFIX, move_folder, staging_parent
 from bge_triton.model_facts import ModelFacts
 from bge_triton.package_data import model_config_dir
 
@@ -27,7 +28,8 @@ FOLDERS = ["xdev", "xdev-encoder", "xdev-ids", "xdev-pooling", "xdev-tokenize", 
 WRITER = """
 import errno, json, os, sys
 from pathlib import Path
-from bge_triton.export.repository import BatchingOptions, write_repository
+from bge_triton.export.model_configs import BatchingOptions
+from bge_triton.export.repository import write_repository
 from bge_triton.model_facts import ModelFacts
 
 facts_json, tokenizer, graph, repository = sys.argv[1:]

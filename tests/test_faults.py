@@ -17,8 +17,9 @@ import psutil
 import pytest
 
 from bge_triton.export.exporter import ExportResult
+from bge_triton.export.model_configs import BatchingOptions
 from bge_triton.export.onnx_export import encoder_input_names
-from bge_triton.export.repository import BatchingOptions, write_repository
+from bge_triton.export.repository import write_repository
 from bge_triton.launcher import TritonOptions, TritonServer, free_port
 
 if TYPE_CHECKING:

@@ -11,8 +11,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import model_config_pb2 as mc
 
 from bge_triton.export.exporter import ExportResult, encoder_input_names
+from bge_triton.export.model_configs import POOLING_FILE, parse_config
 from bge_triton.export.parity import OnnxPipeline
-from bge_triton.export.repository import POOLING_FILE, parse_config, write_repository
+from bge_triton.export.repository import write_repository
 from bge_triton.launcher import TritonOptions
 from bge_triton.triton_models.onnx_runner import PaddedOnnxRunner, PooledSession, onnx_session
 

@@ -13,8 +13,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 from bge_triton import cli
 from bge_triton.export import exporter
 from bge_triton.export.gpu_target import TRT_CACHE_PATH, ExportOptionsError, default_buckets, resolve_options
+from bge_triton.export.model_configs import BatchingOptions
 from bge_triton.export.onnx_export import export_pooling
-from bge_triton.export.repository import BatchingOptions, write_repository
+from bge_triton.export.repository import write_repository
 from bge_triton.model_facts import ModelFacts
 from bge_triton.package_data import model_config_dir
 from bge_triton.triton_models.tokenizer import TextTokenizer

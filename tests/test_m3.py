@@ -22,11 +22,13 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from bge_triton import cli
 from bge_triton.export.exporter import ExportResult, export_model
+from bge_triton.export.model_configs import M3HeadFiles
 from bge_triton.export.onnx_export import export_module
 from bge_triton.export.parity import M3OnnxPipeline, cosine_rows
-from bge_triton.export.repository import M3HeadFiles, m3_model_names, model_names, write_repository
+from bge_triton.export.repository import write_repository
 from bge_triton.launcher import TritonOptions, TritonServer, free_port
 from bge_triton.model_facts import ModelFacts
+from bge_triton.model_names import m3_model_names, model_names
 from bge_triton.triton_models.m3_heads import colbert_rows, sparse_rows
 from bge_triton.triton_models.onnx_runner import PaddedOnnxRunner, plan_sub_batches
 

@@ -11,8 +11,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from bge_triton.export.exporter import ExportResult
+from bge_triton.export.model_configs import BatchingOptions
 from bge_triton.export.onnx_export import encoder_input_names
-from bge_triton.export.repository import BatchingOptions, write_repository
+from bge_triton.export.repository import write_repository
 from bge_triton.model_facts import ModelFacts
 
 

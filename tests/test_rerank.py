@@ -23,7 +23,7 @@ import pytest
 from bge_triton.client import InputTooLong
 from bge_triton.client.rerank_client import AsyncRerankClient, RerankClient
 from bge_triton.export.exporter import ExportResult, export_model
-from bge_triton.export.repository import parse_config
+from bge_triton.export.model_configs import parse_config
 from bge_triton.launcher import TritonOptions, TritonServer, free_port
 from bge_triton.model_facts import FactsError, ModelFacts, read_facts
 

@@ -12,9 +12,9 @@ import pytest
 from bge_triton.client import EmbeddingClient
 from bge_triton.export.checkpoint import MINILM_ID, minilm_dir
 from bge_triton.export.exporter import ExportResult, export_model
+from bge_triton.export.model_configs import parse_config
 from bge_triton.export.onnx_export import encoder_input_names
 from bge_triton.export.parity import TorchReference
-from bge_triton.export.repository import parse_config
 from bge_triton.launcher import TritonOptions, TritonServer, free_port
 from bge_triton.triton_models.onnx_runner import PaddedOnnxRunner
 from bge_triton.triton_models.tokenizer import TextTokenizer
@@ -148,7 +148,7 @@ def test_onnxruntime_provider_selection() -> None:
 def test_onnx_encoder_on_cuda_gets_a_gpu_instance_group(exported: ExportResult) -> None:
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from bge_triton.export.repository import BatchingOptions, encoder_config
+    from bge_triton.export.model_configs import BatchingOptions, encoder_config
     from bge_triton.export.torch_engine import place_onnx_encoder
 
     opts = BatchingOptions(encoder_instances=2)

@@ -377,7 +377,7 @@ class TritonPythonModel(RunnerModel):
             version_dir / params.get("onnx_file", "model.onnx"),
             threads=threads, device=device, device_id=device_id, spinning=spinning,
         )  # fmt: skip
-        if params.get("pooling_onnx_file"):  # the encoder step with the pooling folded in (export/repository.py)
+        if params.get("pooling_onnx_file"):  # the encoder step with the pooling folded in (export/model_configs.py)
             pooling = onnx_session(version_dir / params["pooling_onnx_file"], threads=1, spinning=spinning)
             session = PooledSession(session, pooling)
         return PaddedOnnxRunner(
