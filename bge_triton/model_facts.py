@@ -61,7 +61,7 @@ class ModelFacts:
     vocab_size: int
     precision: str = "fp32"
     # A digest of the exported files (tokenizer, encoder and pooling: weights, code and configs), written at export
-    # (export/repository.py, `with_fingerprint`): the export the proxy's vector cache keys vectors by; "" for older exports.
+    # (export/fingerprint.py): the export the proxy's vector cache keys vectors by; "" for older exports.
     fingerprint: str = ""
     # bge-m3's layout: `sparse_linear.pt` and `colbert_linear.pt` beside the checkpoint (FlagEmbedding's
     # BGEM3FlagModel heads); export then adds the sparse / ColBERT models and ensembles.

@@ -1,6 +1,7 @@
 """The ensembles an export writes (config.pbtxt messages, see `model_configs.py`): `<name>` (TEXT in) and
 `<name>-ids` (TOKEN_IDS in), tokenizer -> encoder -> pooling, and bge-m3's `-sparse`, `-colbert` and `-m3` over the
-same tokenizer and encoder. On the local target the encoder step pools (`pooled`): two steps at run time.
+same tokenizer and encoder. On the local target the encoder step tokenizes and pools (`folded`,
+`triton_models/text_encoder.py`): one step at run time for the dense ensembles, one before bge-m3's heads.
 """
 
 from __future__ import annotations
@@ -14,18 +15,40 @@ from .model_configs import BatchingOptions, M3HeadFiles, model_input, model_outp
 
 
 def _tokenize_and_encode_steps(
-    config: mc.ModelConfig, name: str, input_names: list[str], source: str, encoder_outputs: dict[str, str]
+    config: mc.ModelConfig,
+    name: str,
+    input_names: list[str],
+    source: str,
+    encoder_outputs: dict[str, str],
+    *,
+    folded: bool,
+    token_tensors: tuple[str, ...] = (),
 ) -> None:
     """The ensemble steps every embedding ensemble starts with: `<name>-tokenizer` on `source` (TEXT or
     TOKEN_IDS), then `<name>-encoder` -> `encoder_outputs` (its output -> the ensemble tensor); the tokenizer's
-    counts become the ensemble's."""
+    counts become the ensemble's. `folded`: one step, the encoder tokenizes `source` itself and also answers the
+    counts and the `token_tensors` later steps read ("input_ids", "attention_mask")."""
     names = model_names(name)
+    steps = config.ensemble_scheduling.step
+    counts = {"TOKEN_COUNT": "TOKEN_COUNT", "FULL_TOKEN_COUNT": "FULL_TOKEN_COUNT"}
+    if folded:
+        tokens = {tensor.upper(): tensor for tensor in token_tensors}
+        steps.add(
+            model_name=names["encoder"],
+            model_version=-1,
+            input_map={source: source},
+            output_map=encoder_outputs | tokens | counts,
+        )
+        return
     tokenizer_outputs = {"INPUT_IDS": "input_ids", "ATTENTION_MASK": "attention_mask"}
     if "token_type_ids" in input_names:
         tokenizer_outputs["TOKEN_TYPE_IDS"] = "token_type_ids"
-    tokenizer_outputs |= {"TOKEN_COUNT": "TOKEN_COUNT", "FULL_TOKEN_COUNT": "FULL_TOKEN_COUNT"}
-    steps = config.ensemble_scheduling.step
-    steps.add(model_name=names["tokenizer"], model_version=-1, input_map={source: source}, output_map=tokenizer_outputs)
+    steps.add(
+        model_name=names["tokenizer"],
+        model_version=-1,
+        input_map={source: source},
+        output_map=tokenizer_outputs | counts,
+    )
     steps.add(
         model_name=names["encoder"],
         model_version=-1,
@@ -41,11 +64,11 @@ def m3_ensemble_config(
     heads: M3HeadFiles,
     kind: str,
     *,
-    pooled: bool = False,
+    folded: bool = False,
 ) -> mc.ModelConfig:
     """`<name>-sparse` (kind "sparse"), `<name>-colbert` ("colbert") or `<name>-m3` ("m3"): TEXT in, one encoder
-    pass, then the heads the kind asks for (`pooled`: the encoder's own `embedding` is EMBEDDING, no pooling
-    step)."""
+    pass, then the heads the kind asks for (`folded`: the encoder step tokenizes, and its own `embedding` is
+    EMBEDDING, no pooling step)."""
     names, m3 = model_names(facts.name), m3_model_names(facts.name)
     dense, sparse, colbert = kind == "m3", kind in ("sparse", "m3"), kind in ("colbert", "m3")
     config = mc.ModelConfig(name=m3[f"{kind}_ensemble"], platform="ensemble", max_batch_size=opts.max_batch_size)
@@ -60,13 +83,18 @@ def m3_ensemble_config(
         config.output.append(model_output("COLBERT_LENGTH", "int64", [1]))
     config.output.append(model_output("TOKEN_COUNT", "int64", [1]))
     config.output.append(model_output("FULL_TOKEN_COUNT", "int64", [1]))
-    encoder_outputs = {"last_hidden_state": "last_hidden_state"} if sparse or colbert or not pooled else {}
-    if dense and pooled:
+    encoder_outputs = {"last_hidden_state": "last_hidden_state"} if sparse or colbert or not folded else {}
+    if dense and folded:
         encoder_outputs["embedding"] = "EMBEDDING"
-    _tokenize_and_encode_steps(config, facts.name, input_names, "TEXT", encoder_outputs)
+    # What the steps after the encoder read of the tokenizer's answer: the sparse post-processing the ids, the
+    # ColBERT head and post-processing the mask (unfolded, the tokenizer step answers both anyway).
+    token_tensors = (("input_ids",) if sparse else ()) + (("attention_mask",) if colbert else ())
+    _tokenize_and_encode_steps(
+        config, facts.name, input_names, "TEXT", encoder_outputs, folded=folded, token_tensors=token_tensors
+    )
     steps = config.ensemble_scheduling.step
     hidden_and_mask = {"last_hidden_state": "last_hidden_state", "attention_mask": "attention_mask"}
-    if dense and not pooled:
+    if dense and not folded:
         steps.add(
             model_name=names["pooling"],
             model_version=-1,
@@ -104,11 +132,11 @@ def m3_ensemble_config(
 
 
 def ensemble_config(
-    facts: ModelFacts, opts: BatchingOptions, input_names: list[str], *, ids: bool = False, pooled: bool = False
+    facts: ModelFacts, opts: BatchingOptions, input_names: list[str], *, ids: bool = False, folded: bool = False
 ) -> mc.ModelConfig:
     """`<name>`: TEXT in; `<name>-ids` (ids=True): TOKEN_IDS in (rows right-padded with -1). Three concerns,
-    tokenizer -> encoder -> pooling; `pooled` (local target): the encoder step pools (`encoder_config(pooled=True)`)
-    and its `embedding` is EMBEDDING, two steps at run time."""
+    tokenizer -> encoder -> pooling; `folded` (local target): the encoder step tokenizes and pools
+    (`encoder_config(folded=True)`) and its `embedding` is EMBEDDING, one step at run time."""
     names = model_names(facts.name)
     source = ("TOKEN_IDS", "int64", [-1]) if ids else ("TEXT", "bytes", [1])
     name = names["ids_ensemble"] if ids else names["ensemble"]
@@ -117,11 +145,11 @@ def ensemble_config(
     config.output.append(model_output("EMBEDDING", "fp32", [facts.dim]))
     config.output.append(model_output("TOKEN_COUNT", "int64", [1]))
     config.output.append(model_output("FULL_TOKEN_COUNT", "int64", [1]))
-    if pooled:
-        _tokenize_and_encode_steps(config, facts.name, input_names, source[0], {"embedding": "EMBEDDING"})
+    if folded:
+        _tokenize_and_encode_steps(config, facts.name, input_names, source[0], {"embedding": "EMBEDDING"}, folded=True)
     else:
         _tokenize_and_encode_steps(
-            config, facts.name, input_names, source[0], {"last_hidden_state": "last_hidden_state"}
+            config, facts.name, input_names, source[0], {"last_hidden_state": "last_hidden_state"}, folded=False
         )
         config.ensemble_scheduling.step.add(
             model_name=names["pooling"],

@@ -103,6 +103,17 @@ def dynamic_batching(config: mc.ModelConfig, opts: BatchingOptions, *, waits: bo
     policy.allow_timeout_override = True
 
 
+def tokenizer_params(facts: ModelFacts, opts: BatchingOptions) -> dict[str, str]:
+    """What a model that tokenizes reads (`triton_models/tokenizer.py`): the tokenizer and the model's window."""
+    return {
+        "tokenizer_file": "tokenizer.json",
+        "max_tokens": str(facts.max_tokens),
+        "pad_token_id": str(facts.pad_token_id),
+        "pad_to_multiple_of": str(opts.pad_to_multiple_of),
+        "pad_buckets": ",".join(str(b) for b in opts.pad_buckets or ()),
+    }
+
+
 def tokenizer_config(facts: ModelFacts, opts: BatchingOptions) -> mc.ModelConfig:
     config = mc.ModelConfig(name=model_names(facts.name)["tokenizer"], backend="python")
     config.max_batch_size = opts.max_batch_size
@@ -117,16 +128,7 @@ def tokenizer_config(facts: ModelFacts, opts: BatchingOptions) -> mc.ModelConfig
     # one shape batch on the onnxruntime backend: there the tokenizer's wait is what fills the encoder's batch.
     dynamic_batching(config, opts, waits=bool(opts.pad_buckets))
     config.instance_group.append(mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU))
-    set_params(
-        config,
-        {
-            "tokenizer_file": "tokenizer.json",
-            "max_tokens": str(facts.max_tokens),
-            "pad_token_id": str(facts.pad_token_id),
-            "pad_to_multiple_of": str(opts.pad_to_multiple_of),
-            "pad_buckets": ",".join(str(b) for b in opts.pad_buckets or ()),
-        },
-    )
+    set_params(config, tokenizer_params(facts, opts))
     return config
 
 
@@ -191,9 +193,11 @@ def onnx_model_config(
 
 
 def encoder_config(
-    facts: ModelFacts, target: Target, opts: BatchingOptions, input_names: list[str], *, pooled: bool = False
+    facts: ModelFacts, target: Target, opts: BatchingOptions, input_names: list[str], *, folded: bool = False
 ) -> mc.ModelConfig:
-    """`pooled` (local target): the encoder also runs the pooling graph (`POOLING_FILE`) and outputs `embedding`."""
+    """`folded` (local target, `triton_models/text_encoder.py`): the encoder step also tokenizes (TEXT or TOKEN_IDS
+    in, the tokenizer model's counts, ids and mask out) and pools (the pooling graph `POOLING_FILE`, output
+    `embedding`); its own inputs stay, optional, for callers that tokenize first (the proxy's token-level routes)."""
     config = onnx_model_config(
         model_names(facts.name)["encoder"],
         target,
@@ -205,9 +209,17 @@ def encoder_config(
         tensorrt=opts.tensorrt,  # the encoder only: the pooling and head graphs are too small to gain from it
         waits=True,  # the one step where a fuller batch pays
     )
-    if pooled:
+    if folded:
+        for tensor in config.input:
+            tensor.optional = True
+        config.input.append(model_input("TEXT", "bytes", [1], optional=True))
+        config.input.append(model_input("TOKEN_IDS", "int64", [-1], ragged=True, optional=True))
         config.output.append(model_output("embedding", "fp32", [facts.dim]))
-        config.parameters["pooling_onnx_file"].string_value = POOLING_FILE
+        for name in ("INPUT_IDS", "ATTENTION_MASK"):
+            config.output.append(model_output(name, "int64", [-1]))
+        for name in ("TOKEN_COUNT", "FULL_TOKEN_COUNT"):
+            config.output.append(model_output(name, "int64", [1]))
+        set_params(config, {"pooling_onnx_file": POOLING_FILE, **tokenizer_params(facts, opts)})
     return config
 
 

@@ -17,10 +17,13 @@ written with `text_format`, so every generated config.pbtxt parses as Triton's o
 
 Targets (everything but the encoder and pooling models is identical):
 - `local`: encoder and pooling run `model.onnx` through `onnx_runner.py` (Python backend +
-  onnxruntime), since the onnxruntime backend is only in the NGC container. The encoder folder also holds the
-  pooling graph (`pooling.onnx`, parameter `pooling_onnx_file`) and pools each sub-batch right after encoding it
-  (output `embedding`): the ensembles map it to EMBEDDING and run two steps, tokenizer -> encoder, one
-  Python-backend hop fewer per request (issue 19). `<name>-pooling` stays, the pooling step on its own;
+  onnxruntime), since the onnxruntime backend is only in the NGC container. The encoder step folds its neighbours
+  in (issue 19, `triton_models/text_encoder.py`): its folder also holds the tokenizer (`tokenizer.py`,
+  `tokenizer.json`) and the pooling graph (`pooling.onnx`, parameter `pooling_onnx_file`); it takes TEXT or
+  TOKEN_IDS, tokenizes, encodes and pools each sub-batch right after encoding it (output `embedding`), so the dense
+  ensembles run ONE step and bge-m3's ensembles one before their heads, no Python-backend hop between steps.
+  `<name>-tokenizer` and `<name>-pooling` stay, each step on its own (the proxy's token-level routes call the
+  tokenizer, then the encoder with ids);
 - `container-gpu`: the same `model.onnx` files under `platform: "onnxruntime_onnx"` on KIND_GPU, three steps.
 """
 
@@ -122,12 +125,18 @@ def write_repository(
                 "tokenizer.json": tokenizer_json,
             },
         )
-        pooled = local and torch_encoder is None  # the encoder step pools: two steps at run time
-        encoder = encoder_config(facts, target, opts, input_names, pooled=pooled)
+        folded = local and torch_encoder is None  # the encoder step tokenizes and pools: one step at run time
+        encoder = encoder_config(facts, target, opts, input_names, folded=folded)
         if torch_encoder is None:
             encoder_files = {"model.onnx": encoder_onnx, **runner}
-            if pooled:
-                encoder_files[POOLING_FILE] = pooling_onnx
+            if folded:
+                encoder_files |= {
+                    "model.py": SOURCES_DIR / "text_encoder.py",
+                    "onnx_runner.py": SOURCES_DIR / "onnx_runner.py",
+                    "tokenizer.py": SOURCES_DIR / "tokenizer.py",
+                    "tokenizer.json": tokenizer_json,
+                    POOLING_FILE: pooling_onnx,
+                }
             if local:
                 encoder = torch_engine.place_onnx_encoder(encoder, device)
         else:
@@ -143,11 +152,11 @@ def write_repository(
             write_model(staging, pooling, torch_engine.pooling_files(SOURCES_DIR))
         facts = with_fingerprint(facts, staging, names)  # what the proxy's vector cache keys vectors by
         write_model(
-            staging, ensemble_config(facts, opts, input_names, pooled=pooled), {}, extra={FACTS_FILE: facts.to_json()}
+            staging, ensemble_config(facts, opts, input_names, folded=folded), {}, extra={FACTS_FILE: facts.to_json()}
         )
-        write_model(staging, ensemble_config(facts, opts, input_names, ids=True, pooled=pooled), {})
+        write_model(staging, ensemble_config(facts, opts, input_names, ids=True, folded=folded), {})
         if m3_heads is not None:
-            folders += _write_m3_models(staging, facts, target, opts, input_names, m3_heads, runner, pooled=pooled)
+            folders += _write_m3_models(staging, facts, target, opts, input_names, m3_heads, runner, folded=folded)
         for folder in folders:
             dest = repository / folder
             if dest.exists():
@@ -167,7 +176,7 @@ def _write_m3_models(
     heads: M3HeadFiles,
     runner: dict[str, Path],
     *,
-    pooled: bool = False,
+    folded: bool = False,
 ) -> list[str]:
     post = {"model.py": SOURCES_DIR / "m3_heads.py"}
     write_model(staging, sparse_head_config(facts, target, opts), {"model.onnx": heads.sparse_onnx, **runner})
@@ -179,5 +188,5 @@ def _write_m3_models(
     write_model(staging, m3_post_config(facts, opts, heads, "sparse"), post)
     write_model(staging, m3_post_config(facts, opts, heads, "colbert"), post)
     for kind in ("sparse", "colbert", "m3"):
-        write_model(staging, m3_ensemble_config(facts, opts, input_names, heads, kind, pooled=pooled), {})
+        write_model(staging, m3_ensemble_config(facts, opts, input_names, heads, kind, folded=folded), {})
     return list(m3_model_names(facts.name).values())

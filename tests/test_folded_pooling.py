@@ -1,5 +1,6 @@
-"""The local target's encoder step pools (issue 19): the ensembles run tokenizer -> encoder, two steps at run time,
-with vectors equal to the three-step chain's (encoder, then the pooling graph on its own) within 1e-6."""
+"""The local target's encoder step tokenizes and pools (issue 19, `triton_models/text_encoder.py`): the dense
+ensembles run ONE step at run time, with vectors and counts equal to the three-step chain's (tokenizer, encoder, then
+the pooling graph on its own) within 1e-6; the encoder still takes the tokenizer's ids (the proxy's token routes)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import InferenceServerException
 
 from bge_triton.export.exporter import ExportResult, encoder_input_names
 from bge_triton.export.model_configs import POOLING_FILE, parse_config
 from bge_triton.export.parity import OnnxPipeline
 from bge_triton.export.repository import write_repository
 from bge_triton.launcher import TritonOptions
+from bge_triton.triton_models import text_encoder
 from bge_triton.triton_models.onnx_runner import PaddedOnnxRunner, PooledSession, onnx_session
 
 MODEL = "all-MiniLM-L6-v2"
@@ -40,21 +43,41 @@ def _graphs(exported: ExportResult) -> tuple[Path, Path, Path]:
     )
 
 
-def test_local_ensembles_run_two_steps_and_the_encoder_pools(exported: ExportResult) -> None:
+def test_local_ensembles_run_one_step_that_tokenizes_encodes_and_pools(exported: ExportResult) -> None:
     repo = exported.ensemble_dir.parent
-    assert _steps(repo, MODEL) == [f"{MODEL}-tokenizer", f"{MODEL}-encoder"]
-    assert _steps(repo, f"{MODEL}-ids") == [f"{MODEL}-tokenizer", f"{MODEL}-encoder"]
-    ensemble = parse_config((repo / MODEL / "config.pbtxt").read_text())
-    assert dict(ensemble.ensemble_scheduling.step[1].output_map) == {"embedding": "EMBEDDING"}
+    assert _steps(repo, MODEL) == [f"{MODEL}-encoder"]
+    assert _steps(repo, f"{MODEL}-ids") == [f"{MODEL}-encoder"]
+    counts = {"TOKEN_COUNT": "TOKEN_COUNT", "FULL_TOKEN_COUNT": "FULL_TOKEN_COUNT"}
+    for name, source in ((MODEL, "TEXT"), (f"{MODEL}-ids", "TOKEN_IDS")):
+        step = parse_config((repo / name / "config.pbtxt").read_text()).ensemble_scheduling.step[0]
+        assert dict(step.input_map) == {source: source}
+        assert dict(step.output_map) == {"embedding": "EMBEDDING", **counts}
     encoder = parse_config((repo / f"{MODEL}-encoder/config.pbtxt").read_text())
     assert [(o.name, o.data_type, list(o.dims)) for o in encoder.output] == [
         ("last_hidden_state", mc.TYPE_FP32, [-1, 384]),
         ("embedding", mc.TYPE_FP32, [384]),
+        ("INPUT_IDS", mc.TYPE_INT64, [-1]),
+        ("ATTENTION_MASK", mc.TYPE_INT64, [-1]),
+        ("TOKEN_COUNT", mc.TYPE_INT64, [1]),
+        ("FULL_TOKEN_COUNT", mc.TYPE_INT64, [1]),
     ]
+    # every input optional: one kind per request (text, token ids, or the encoder's own inputs)
+    assert [(i.name, i.optional) for i in encoder.input] == [
+        ("input_ids", True), ("attention_mask", True), ("token_type_ids", True), ("TEXT", True), ("TOKEN_IDS", True),
+    ]  # fmt: skip
     assert encoder.parameters["pooling_onnx_file"].string_value == POOLING_FILE
-    # the encoder's pooling graph is the pooling step's own graph; the pooling model stays, the step on its own
-    pooling_graph = (repo / f"{MODEL}-pooling/1/model.onnx").read_bytes()
-    assert (repo / f"{MODEL}-encoder/1" / POOLING_FILE).read_bytes() == pooling_graph
+    tokenizer = parse_config((repo / f"{MODEL}-tokenizer/config.pbtxt").read_text())
+    for key in ("tokenizer_file", "max_tokens", "pad_token_id", "pad_to_multiple_of", "pad_buckets"):
+        assert encoder.parameters[key] == tokenizer.parameters[key]
+    # the encoder's pooling graph and tokenizer are the pooling and tokenizer steps' own files; those models stay,
+    # each step on its own
+    folder = repo / f"{MODEL}-encoder/1"
+    assert (folder / POOLING_FILE).read_bytes() == (repo / f"{MODEL}-pooling/1/model.onnx").read_bytes()
+    assert (folder / "tokenizer.json").read_bytes() == (repo / f"{MODEL}-tokenizer/1/tokenizer.json").read_bytes()
+    sources = Path(text_encoder.__file__).parent
+    for name, source in (("model.py", "text_encoder.py"), ("onnx_runner.py", "onnx_runner.py"), ("tokenizer.py",
+                         "tokenizer.py")):  # fmt: skip
+        assert (folder / name).read_bytes() == (sources / source).read_bytes()
 
 
 def test_container_gpu_keeps_three_steps(exported: ExportResult, tmp_path: Path) -> None:
@@ -66,6 +89,8 @@ def test_container_gpu_keeps_three_steps(exported: ExportResult, tmp_path: Path)
     assert _steps(tmp_path, MODEL) == [f"{MODEL}-tokenizer", f"{MODEL}-encoder", f"{MODEL}-pooling"]
     config = parse_config((tmp_path / f"{MODEL}-encoder/config.pbtxt").read_text())
     assert [o.name for o in config.output] == ["last_hidden_state"] and "pooling_onnx_file" not in config.parameters
+    assert [i.name for i in config.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert not any(i.optional for i in config.input) and "tokenizer_file" not in config.parameters
     assert not (tmp_path / f"{MODEL}-encoder/1" / POOLING_FILE).exists()
 
 
@@ -113,20 +138,85 @@ def test_pooled_runner_equals_encoder_then_pooling(exported: ExportResult) -> No
     assert both[0]["last_hidden_state"].shape[:2] == requests[0]["input_ids"].shape
 
 
+def _text_input(texts: list[str]) -> grpcclient.InferInput:
+    data = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
+    tensor = grpcclient.InferInput("TEXT", list(data.shape), "BYTES")
+    tensor.set_data_from_numpy(data)
+    return tensor
+
+
+def _int64_input(name: str, value: np.ndarray) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, list(value.shape), "INT64")
+    tensor.set_data_from_numpy(value)
+    return tensor
+
+
+def _executions(client: grpcclient.InferenceServerClient, model: str) -> int:
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"]
+    return sum(int(s.get("execution_count", 0)) for s in stats)
+
+
 def test_served_vectors_equal_the_three_step_chain(exported: ExportResult, triton: TritonOptions) -> None:
-    """Through the real tritonserver: the two-step ensemble's vectors equal encoder-then-pooling within 1e-6, and
-    the pooling model never runs."""
+    """Through the real tritonserver: the one-step ensembles' vectors and counts equal tokenizer-then-encoder-then-
+    pooling within 1e-6 (text and token ids), and neither the tokenizer nor the pooling model runs for them."""
     tokenizer, encoder, pooling = _graphs(exported)
-    expected = OnnxPipeline(tokenizer, encoder, pooling, exported.facts, threads=1).embed(TEXTS)
+    pipeline = OnnxPipeline(tokenizer, encoder, pooling, exported.facts, threads=1)
+    expected = pipeline.embed(TEXTS)
+    batch, _ = pipeline.hidden_states(TEXTS)
     client = grpcclient.InferenceServerClient(triton.grpc_url)
-    data = np.array([[t.encode("utf-8")] for t in TEXTS], dtype=object)
-    inp = grpcclient.InferInput("TEXT", list(data.shape), "BYTES")
-    inp.set_data_from_numpy(data)
-    served = client.infer(MODEL, [inp]).as_numpy("EMBEDDING")
-    assert served.shape == expected.shape
-    assert float(np.abs(served - expected).max()) <= 1e-6
-    stats = client.get_inference_statistics(f"{MODEL}-pooling", as_json=True)["model_stats"]
-    assert sum(int(s.get("execution_count", 0)) for s in stats) == 0
+    before = {m: _executions(client, f"{MODEL}-{m}") for m in ("tokenizer", "pooling")}
+    served = client.infer(MODEL, [_text_input(TEXTS)])
+    assert served.as_numpy("EMBEDDING").shape == expected.shape
+    assert float(np.abs(served.as_numpy("EMBEDDING") - expected).max()) <= 1e-6
+    assert served.as_numpy("TOKEN_COUNT").ravel().tolist() == batch.token_count.tolist()
+    assert served.as_numpy("FULL_TOKEN_COUNT").ravel().tolist() == batch.full_token_count.tolist()
+    # the token-id ensemble: the texts' own ids (special tokens added by the encoder step) give the same vectors
+    ids = np.full((len(TEXTS), batch.input_ids.shape[1]), -1, dtype=np.int64)
+    for r, n in enumerate(batch.token_count):
+        ids[r, :n] = batch.input_ids[r, :n]
+    by_ids = client.infer(f"{MODEL}-ids", [_int64_input("TOKEN_IDS", ids)]).as_numpy("EMBEDDING")
+    assert float(np.abs(by_ids - expected).max()) <= 1e-6
+    assert {m: _executions(client, f"{MODEL}-{m}") for m in ("tokenizer", "pooling")} == before
+
+
+def test_encoder_still_takes_the_tokenizers_ids(exported: ExportResult, triton: TritonOptions) -> None:
+    """The proxy's token-level routes call `-tokenizer`, then `-encoder` with its ids: the hidden states are the
+    ONNX encoder's own, at the tokenizer's padded width."""
+    tokenizer, encoder, pooling = _graphs(exported)
+    batch, hidden = OnnxPipeline(tokenizer, encoder, pooling, exported.facts, threads=1).hidden_states(TEXTS[:3])
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    tokenized = client.infer(f"{MODEL}-tokenizer", [_text_input(TEXTS[:3])])
+    feeds = [
+        _int64_input(name, tokenized.as_numpy(name.upper()))
+        for name in ("input_ids", "attention_mask", "token_type_ids")
+    ]
+    wanted = [grpcclient.InferRequestedOutput(n) for n in ("last_hidden_state", "TOKEN_COUNT")]
+    answer = client.infer(f"{MODEL}-encoder", feeds, outputs=wanted)
+    states = answer.as_numpy("last_hidden_state")
+    assert states.shape == hidden.shape
+    mask = batch.attention_mask.astype(bool)
+    assert float(np.abs(states[mask] - hidden[mask]).max()) <= 1e-5
+    assert answer.as_numpy("TOKEN_COUNT").ravel().tolist() == batch.token_count.tolist()
+    assert answer.as_numpy("last_hidden_state") is not None and answer.as_numpy("embedding") is None
+
+
+def test_encoder_refuses_bad_input_with_invalid_argument(triton: TritonOptions) -> None:
+    """Bad input to the folded step fails that request with INVALID_ARG (HTTP 400, gRPC 3), never the model."""
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    not_utf8 = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+    not_utf8.set_data_from_numpy(np.array([[b"\xff\xfe"]], dtype=object))
+    ids = np.array([[101, 102]], dtype=np.int64)
+    cases = [
+        (MODEL, [not_utf8], "not valid UTF-8"),
+        (f"{MODEL}-ids", [_int64_input("TOKEN_IDS", np.array([[101, 10**9]], dtype=np.int64))], "outside the vocab"),
+        (f"{MODEL}-encoder", [_text_input(["x"]), _int64_input("input_ids", ids)], "send exactly one of"),
+        (f"{MODEL}-encoder", [_int64_input("input_ids", ids)], "missing encoder input attention_mask"),
+    ]
+    for model, inputs, message in cases:
+        with pytest.raises(InferenceServerException) as raised:
+            client.infer(model, inputs)
+        assert raised.value.status() == "StatusCode.INVALID_ARGUMENT" and message in raised.value.message()
+    assert client.infer(MODEL, [_text_input(["still serving"])]).as_numpy("EMBEDDING").shape == (1, 384)
 
 
 @pytest.mark.parametrize("names", [None, ["embedding", "last_hidden_state"]])

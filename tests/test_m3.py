@@ -166,13 +166,21 @@ def test_ensemble_contract(m3_export: ExportResult) -> None:
         name: [s.model_name for s in _parse(repo / name / "config.pbtxt").ensemble_scheduling.step]
         for name in (MODEL, f"{MODEL}-m3", f"{MODEL}-sparse", f"{MODEL}-colbert")
     }
-    # the local target's encoder pools (issue 19): no pooling step, the encoder's `embedding` is EMBEDDING
-    assert steps[MODEL] == [f"{MODEL}-tokenizer", f"{MODEL}-encoder"]
-    assert steps[f"{MODEL}-sparse"] == [f"{MODEL}-tokenizer", f"{MODEL}-encoder", f"{MODEL}-sparse-head",
-                                        f"{MODEL}-sparse-post"]  # fmt: skip
-    assert steps[f"{MODEL}-m3"].count(f"{MODEL}-encoder") == 1 and len(steps[f"{MODEL}-m3"]) == 6
-    m3_encoder = _parse(repo / f"{MODEL}-m3" / "config.pbtxt").ensemble_scheduling.step[1]
-    assert dict(m3_encoder.output_map) == {"last_hidden_state": "last_hidden_state", "embedding": "EMBEDDING"}
+    # the local target's encoder tokenizes and pools (issue 19): no tokenizer or pooling step, the encoder's
+    # `embedding` is EMBEDDING and its ids and mask feed the heads
+    assert steps[MODEL] == [f"{MODEL}-encoder"]
+    assert steps[f"{MODEL}-sparse"] == [f"{MODEL}-encoder", f"{MODEL}-sparse-head", f"{MODEL}-sparse-post"]
+    assert steps[f"{MODEL}-m3"].count(f"{MODEL}-encoder") == 1 and len(steps[f"{MODEL}-m3"]) == 5
+    counts = {"TOKEN_COUNT": "TOKEN_COUNT", "FULL_TOKEN_COUNT": "FULL_TOKEN_COUNT"}
+    encoder_maps = {
+        name: dict(_parse(repo / name / "config.pbtxt").ensemble_scheduling.step[0].output_map)
+        for name in (f"{MODEL}-m3", f"{MODEL}-sparse", f"{MODEL}-colbert")
+    }
+    hidden = {"last_hidden_state": "last_hidden_state"}
+    assert encoder_maps[f"{MODEL}-m3"] == hidden | {"embedding": "EMBEDDING", "INPUT_IDS": "input_ids",
+                                                    "ATTENTION_MASK": "attention_mask"} | counts  # fmt: skip
+    assert encoder_maps[f"{MODEL}-sparse"] == hidden | {"INPUT_IDS": "input_ids"} | counts
+    assert encoder_maps[f"{MODEL}-colbert"] == hidden | {"ATTENTION_MASK": "attention_mask"} | counts
     assert not any("colbert" in m for m in steps[f"{MODEL}-sparse"])
 
 
@@ -212,10 +220,11 @@ def test_container_gpu_target_configs(m3_export: ExportResult, tmp_path: Path) -
             assert list(gpu.dynamic_batching.preferred_batch_size) == [8]  # 16 and 32 are over the cap
             gpu.dynamic_batching.preferred_batch_size[:] = local.dynamic_batching.preferred_batch_size
         gpu.max_batch_size = local.max_batch_size
-        if same == "m3":  # on local the encoder pools (issue 19): the GPU's pooling step is not there
+        if same in ("m3", "sparse", "colbert"):  # on local the encoder tokenizes and pools (issue 19)
             steps = [s.model_name for s in gpu.ensemble_scheduling.step]
             local_steps = [s.model_name for s in local.ensemble_scheduling.step]
-            assert f"{MODEL}-pooling" in steps and [m for m in steps if m != f"{MODEL}-pooling"] == local_steps
+            folded = (f"{MODEL}-tokenizer", f"{MODEL}-pooling")
+            assert steps[0] == f"{MODEL}-tokenizer" and [m for m in steps if m not in folded] == local_steps
             gpu.ClearField("ensemble_scheduling")
             local.ClearField("ensemble_scheduling")
         for config in (gpu, local):  # the export's digest of the folders differs with the targets' configs
@@ -403,8 +412,11 @@ def test_external_data_export_loads_in_the_runner_and_in_triton(
 ) -> None:
     result = export_model(str(m3_checkpoint), tmp_path / "repo", name="ext", external_data_threshold=0)
     version = tmp_path / "repo/ext-encoder/1"
-    # pooling.onnx: the local encoder pools (issue 19); too small a graph for external data
-    assert sorted(p.name for p in version.iterdir()) == ["model.onnx", "model.onnx.data", "model.py", "pooling.onnx"]
+    # pooling.onnx and the tokenizer: the local encoder tokenizes and pools (issue 19); the pooling graph is too
+    # small for external data
+    assert sorted(p.name for p in version.iterdir()) == [
+        "model.onnx", "model.onnx.data", "model.py", "onnx_runner.py", "pooling.onnx", "tokenizer.json", "tokenizer.py",
+    ]  # fmt: skip
     assert (version / "model.onnx").stat().st_size < 1_000_000 < (version / "model.onnx.data").stat().st_size
     graph = onnx.load(str(version / "model.onnx"), load_external_data=False)
     locations = {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"}

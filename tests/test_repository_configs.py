@@ -60,12 +60,12 @@ def test_targets_differ_only_in_encoder_and_pooling(both_targets: dict[str, Path
     local, gpu = both_targets["local"], both_targets["container-gpu"]
     model = "all-MiniLM-L6-v2-tokenize"
     assert (local / model / "config.pbtxt").read_text() == (gpu / model / "config.pbtxt").read_text()
-    # the ensembles differ in their steps only: on local the encoder pools (two steps), on the GPU three
+    # the ensembles differ in their steps only: on local the encoder tokenizes and pools (one step), on the GPU three
     for model in ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2-ids"):
         le, ge = (_parse(root / model / "config.pbtxt") for root in (local, gpu))
-        assert [s.model_name for s in ge.ensemble_scheduling.step][1:] == [
-            "all-MiniLM-L6-v2-encoder", "all-MiniLM-L6-v2-pooling"]  # fmt: skip
-        assert [s.model_name for s in le.ensemble_scheduling.step][1:] == ["all-MiniLM-L6-v2-encoder"]
+        assert [s.model_name for s in ge.ensemble_scheduling.step] == [
+            "all-MiniLM-L6-v2-tokenizer", "all-MiniLM-L6-v2-encoder", "all-MiniLM-L6-v2-pooling"]  # fmt: skip
+        assert [s.model_name for s in le.ensemble_scheduling.step] == ["all-MiniLM-L6-v2-encoder"]
         for config in (le, ge):  # and in the export's digest of the folders (their encoder configs differ)
             config.ClearField("ensemble_scheduling")
             if "fingerprint" in config.parameters:
@@ -85,7 +85,7 @@ def test_targets_differ_only_in_encoder_and_pooling(both_targets: dict[str, Path
         lc, gc = _parse(local / model / "config.pbtxt"), _parse(gpu / model / "config.pbtxt")
         assert lc.backend == "python" and not lc.platform
         assert lc.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
-        assert all(i.allow_ragged_batch for i in lc.input)
+        assert all(i.allow_ragged_batch for i in lc.input if i.name != "TEXT")  # the folded encoder's TEXT: [1]
         assert (local / model / "1/model.py").is_file()
         assert gc.platform == "onnxruntime_onnx" and gc.default_model_filename == "model.onnx"
         assert gc.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
@@ -103,11 +103,13 @@ def test_ensemble_chains_tokenizer_encoder_pooling(both_targets: dict[str, Path]
         "all-MiniLM-L6-v2-tokenizer", "all-MiniLM-L6-v2-encoder", "all-MiniLM-L6-v2-pooling",
     ]  # fmt: skip
     assert dict(steps[2].output_map) == {"embedding": "EMBEDDING"}
-    config = _parse(both_targets["local"] / "all-MiniLM-L6-v2/config.pbtxt")  # the encoder step pools there
+    config = _parse(both_targets["local"] / "all-MiniLM-L6-v2/config.pbtxt")  # the encoder tokenizes and pools
     assert config.platform == "ensemble"
     steps = config.ensemble_scheduling.step
-    assert [s.model_name for s in steps] == ["all-MiniLM-L6-v2-tokenizer", "all-MiniLM-L6-v2-encoder"]
-    assert dict(steps[1].output_map) == {"embedding": "EMBEDDING"}
+    assert [s.model_name for s in steps] == ["all-MiniLM-L6-v2-encoder"]
+    assert dict(steps[0].input_map) == {"TEXT": "TEXT"}
+    assert dict(steps[0].output_map) == {
+        "embedding": "EMBEDDING", "TOKEN_COUNT": "TOKEN_COUNT", "FULL_TOKEN_COUNT": "FULL_TOKEN_COUNT"}  # fmt: skip
     assert [(o.name, list(o.dims)) for o in config.output] == [
         ("EMBEDDING", [384]), ("TOKEN_COUNT", [1]), ("FULL_TOKEN_COUNT", [1]),
     ]  # fmt: skip
@@ -141,7 +143,7 @@ def test_ids_ensemble_shares_the_chain_and_takes_token_ids(both_targets: dict[st
     assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("TOKEN_IDS", mc.TYPE_INT64, [-1])]
     steps = config.ensemble_scheduling.step
     assert dict(steps[0].input_map) == {"TOKEN_IDS": "TOKEN_IDS"}
-    assert [s.model_name for s in steps[1:]] == ["all-MiniLM-L6-v2-encoder"]  # which pools (local target)
+    assert [s.model_name for s in steps] == ["all-MiniLM-L6-v2-encoder"]  # which tokenizes and pools (local)
     tokenizer = _parse(both_targets["local"] / "all-MiniLM-L6-v2-tokenizer/config.pbtxt")
     assert [(i.name, i.optional) for i in tokenizer.input] == [("TEXT", True), ("TOKEN_IDS", True)]
 

@@ -334,6 +334,16 @@ class RunnerModel:
         pb = self._pb
         names = self._runner.input_names
         feeds = [{n: pb.get_input_tensor_by_name(request, n).as_numpy() for n in names} for request in requests]
+        return self.run_requests(requests, feeds)
+
+    def run_requests(
+        self, requests: list, feeds: list[dict[str, np.ndarray]], extras: list[dict[str, np.ndarray]] | None = None
+    ) -> list:
+        """Run every request's `feeds` together; answer each request with what it asks for of the runner's outputs
+        and of its `extras` (tensors computed before the run: text_encoder.py's token counts)."""
+        pb = self._pb
+        if not requests:
+            return []
         # Only what the requests ask for is computed and sent: an ensemble step asks for the outputs it maps (the
         # dense ensemble takes the encoder's `embedding`, not its [batch, seq, dim] hidden states).
         wanted = [self._requested(request) for request in requests]
@@ -346,18 +356,23 @@ class RunnerModel:
             pb.InferenceResponse(
                 output_tensors=[
                     pb.Tensor(name, np.ascontiguousarray(value, dtype=self._output_dtypes.get(name, value.dtype)))
-                    for name, value in answer.items()
+                    for name, value in (answer | extra).items()
                     if name in want
                 ]
             )
-            for answer, want in zip(answers, wanted, strict=True)
+            for answer, extra, want in zip(answers, extras or [{}] * len(requests), wanted, strict=True)
         ]
 
+    def _invalid(self, message: str) -> Any:  # pb_utils.TritonError with code INVALID_ARG (gRPC 3, HTTP 400)
+        pb = self._pb
+        code = getattr(pb.TritonError, "INVALID_ARG", None)
+        return pb.TritonError(message) if code is None else pb.TritonError(message, code)
+
     def _requested(self, request: Any) -> set[str]:
-        """The outputs `request` asks for; all of them where it names none."""
+        """The outputs `request` asks for; all of the config's where it names none."""
         asked = getattr(request, "requested_output_names", None)
         names = set(asked()) if asked is not None else set()
-        return names or set(self._runner.output_names)
+        return names or set(self._output_dtypes) or set(self._runner.output_names)
 
 
 def budget_param(params: dict[str, str]) -> int:

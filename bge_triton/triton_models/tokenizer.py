@@ -19,6 +19,7 @@ Outputs INPUT_IDS        INT64  [batch, seq] padded to the request's longest inp
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,14 +69,13 @@ class TextTokenizer:
         pad_to_multiple_of: int = 8,
         pad_buckets: tuple[int, ...] = (),
     ):
-        # Two instances of the same tokenizer: one counts the whole text, one truncates it. A
-        # packaged tokenizer.json may carry fixed padding/truncation: both are reset here.
+        # One tokenizer (a large vocabulary's takes ~290 MB: multilingual-e5's 250k pieces), which counts the whole
+        # text and, with truncation switched on for the call (`_truncated`), truncates it. A packaged
+        # tokenizer.json may carry fixed padding/truncation: both are reset here.
         self._full = Tokenizer.from_file(str(tokenizer_json))
         self._full.no_truncation()
         self._full.no_padding()
-        self._truncating = Tokenizer.from_file(str(tokenizer_json))
-        self._truncating.no_padding()
-        self._truncating.enable_truncation(max_length=max_tokens)
+        self._truncation = threading.Lock()  # the switch is the tokenizer's state: one caller at a time
         self.max_tokens = max_tokens
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = max(1, pad_to_multiple_of)
@@ -95,6 +95,19 @@ class TextTokenizer:
                 return full[:start], full[start + len(plain) :]
         return [], []
 
+    def _encode_whole(self, texts: list[str]) -> list:
+        with self._truncation:
+            return self._full.encode_batch(texts)
+
+    def _truncated(self, texts: list[str]) -> list:
+        """`texts` truncated to the window, as `Tokenizer.enable_truncation(max_length=...)` truncates."""
+        with self._truncation:
+            self._full.enable_truncation(max_length=self.max_tokens)
+            try:
+                return self._full.encode_batch(texts)
+            finally:
+                self._full.no_truncation()
+
     def encode(self, texts: list[str]) -> TokenizedBatch:
         return self.encode_groups([texts])[0]
 
@@ -104,7 +117,7 @@ class TextTokenizer:
         flat = [t for group in groups for t in group]
         clipped = self._clipped_rows(flat)
         rest = [i for i in range(len(flat)) if i not in clipped]
-        encodings = self._full.encode_batch([flat[i] for i in rest]) if rest else []
+        encodings = self._encode_whole([flat[i] for i in rest]) if rest else []
         rows: list[_Row] = [_Row([], [], 0)] * len(flat)
         for i, row in clipped.items():
             rows[i] = row
@@ -112,7 +125,7 @@ class TextTokenizer:
             rows[i] = _Row(e.ids, e.type_ids, len(e.ids))
         too_long = [i for i in rest if rows[i].full_count > self.max_tokens]
         if too_long:
-            truncated = self._truncating.encode_batch([flat[i] for i in too_long])
+            truncated = self._truncated([flat[i] for i in too_long])
             for i, enc in zip(too_long, truncated, strict=True):
                 rows[i] = _Row(enc.ids, enc.type_ids, rows[i].full_count)
         per_group: list[list[_Row]] = []
@@ -161,9 +174,8 @@ class TextTokenizer:
             return {}
         short_clips = [texts[i][: self.clip_chars] for i in long]
         long_clips = [texts[i][: 2 * self.clip_chars] for i in long]
-        counts = [len(e.ids) for e in self._full.encode_batch(short_clips)]
-        short = self._truncating.encode_batch(short_clips)
-        longer = self._truncating.encode_batch(long_clips)
+        counts = [len(e.ids) for e in self._encode_whole(short_clips)]
+        short, longer = self._truncated(short_clips), self._truncated(long_clips)
         return {
             i: _Row(a.ids, a.type_ids, count)
             for i, count, a, b in zip(long, counts, short, longer, strict=True)
