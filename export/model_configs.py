@@ -120,8 +120,15 @@ def tokenizer_config(facts: ModelFacts, opts: BatchingOptions) -> mc.ModelConfig
     # One of the two per request: the text ensemble sends TEXT, the token-id ensemble TOKEN_IDS.
     config.input.append(model_input("TEXT", "bytes", [1], optional=True))
     config.input.append(model_input("TOKEN_IDS", "int64", [-1], optional=True))
-    for out in ("INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS"):
-        config.output.append(model_output(out, "int64", [-1]))
+    finish_tokenizer_config(config, facts, opts)
+    return config
+
+
+def finish_tokenizer_config(config: mc.ModelConfig, facts: ModelFacts, opts: BatchingOptions) -> None:
+    """What every tokenizer model shares (the text tokenizer and the reranker's pair tokenizer): the encoder's
+    inputs and the counts out, batching, one CPU instance, the tokenizer's parameters."""
+    for name in ("INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS"):
+        config.output.append(model_output(name, "int64", [-1]))
     config.output.append(model_output("TOKEN_COUNT", "int64", [1]))
     config.output.append(model_output("FULL_TOKEN_COUNT", "int64", [1]))
     # With pad buckets (container-gpu) the requests of one tokenizer execution share a width, and only requests of
@@ -129,7 +136,6 @@ def tokenizer_config(facts: ModelFacts, opts: BatchingOptions) -> mc.ModelConfig
     dynamic_batching(config, opts, waits=bool(opts.pad_buckets))
     config.instance_group.append(mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU))
     set_params(config, tokenizer_params(facts, opts))
-    return config
 
 
 def tokenize_config(facts: ModelFacts, opts: BatchingOptions) -> mc.ModelConfig:

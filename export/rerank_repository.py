@@ -29,7 +29,7 @@ from .model_configs import (
     TARGETS,
     BatchingOptions,
     Target,
-    dynamic_batching,
+    finish_tokenizer_config,
     model_input,
     model_output,
     onnx_model_config,
@@ -54,22 +54,7 @@ def pair_tokenizer_config(facts: ModelFacts, opts: BatchingOptions) -> mc.ModelC
     config.max_batch_size = opts.max_batch_size
     config.input.append(model_input("QUERY", "bytes", [1]))
     config.input.append(model_input("DOCUMENT", "bytes", [1]))
-    for out in ("INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS"):
-        config.output.append(model_output(out, "int64", [-1]))
-    config.output.append(model_output("TOKEN_COUNT", "int64", [1]))
-    config.output.append(model_output("FULL_TOKEN_COUNT", "int64", [1]))
-    dynamic_batching(config, opts, waits=bool(opts.pad_buckets))
-    config.instance_group.append(mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU))
-    set_params(
-        config,
-        {
-            "tokenizer_file": "tokenizer.json",
-            "max_tokens": str(facts.max_tokens),
-            "pad_token_id": str(facts.pad_token_id),
-            "pad_to_multiple_of": str(opts.pad_to_multiple_of),
-            "pad_buckets": ",".join(str(b) for b in opts.pad_buckets or ()),
-        },
-    )
+    finish_tokenizer_config(config, facts, opts)
     return config
 
 

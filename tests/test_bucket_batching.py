@@ -1,8 +1,10 @@
 """Padding buckets make Triton's dynamic batcher batch on a backend without ragged batching (issue 16 §5).
 
 Triton's onnxruntime backend (the container-gpu target) cannot merge requests of different shapes: the dynamic
-batcher sends the pending batch at the first request whose shape differs. A local-target repository whose encoder
-and pooling are configured without `allow_ragged_batch` behaves the same way, so this measures, with Triton's own
+batcher sends the pending batch at the first request whose shape differs. A local-target repository chained as
+container-gpu chains it (tokenizer -> encoder -> pooling: on local the encoder step would tokenize itself, and its
+TEXT input batches whatever the lengths) whose encoder and pooling are configured without `allow_ragged_batch`
+behaves the same way, so this measures, with Triton's own
 statistics (`inference_count` rows over `execution_count` runs of the encoder), the same 96 single-text requests
 of 8 to 60 tokens against two copies of one model: padded to a multiple of 8 (per request, as before) and padded to
 the container-gpu buckets 16/32/64/... (consecutive requests of one tokenizer execution sharing a width).
@@ -21,17 +23,28 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from bge_triton.export.ensemble_configs import ensemble_config
 from bge_triton.export.exporter import ExportResult
 from bge_triton.export.gpu_target import default_buckets
 from bge_triton.export.model_configs import BatchingOptions, config_text
 from bge_triton.export.onnx_export import encoder_input_names
 from bge_triton.export.repository import write_repository
 from bge_triton.launcher import TritonOptions, TritonServer, free_port
+from bge_triton.model_facts import ModelFacts
 
 REQUESTS = 96
 CLIENTS = 16
 WORDS = "the model serves text embeddings for search and the service batches requests on one gpu"
 QUEUE_DELAY_US = 20_000  # both copies wait as long to fill a batch: only the shapes differ
+
+
+def _chained_in_three_steps(folder: Path, facts: ModelFacts, input_names: list[str]) -> None:
+    """The ensemble's steps as container-gpu has them: the tokenizer model pads, the encoder runs its ids."""
+    path = folder / "config.pbtxt"
+    config = text_format.Parse(path.read_text(encoding="utf-8"), mc.ModelConfig())
+    chain = ensemble_config(facts, BatchingOptions(), input_names, folded=False)
+    config.ensemble_scheduling.CopyFrom(chain.ensemble_scheduling)
+    path.write_text(config_text(config), encoding="utf-8")
 
 
 def _without_ragged_batching(folder: Path) -> None:
@@ -58,6 +71,8 @@ def fixed_shape_triton(exported: ExportResult, tmp_path_factory: pytest.TempPath
             target="local",
             opts=BatchingOptions(pad_buckets=buckets, max_queue_delay_us=QUEUE_DELAY_US, preferred_batch_sizes=()),
         )
+        renamed = dataclasses.replace(facts, name=name)
+        _chained_in_three_steps(repository / name, renamed, encoder_input_names(facts))
         for model in (f"{name}-encoder", f"{name}-pooling"):
             _without_ragged_batching(repository / model)
     options = TritonOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())

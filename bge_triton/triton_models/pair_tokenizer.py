@@ -115,13 +115,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        self._tokenizer = PairTokenizer(
-            version_dir / params.get("tokenizer_file", "tokenizer.json"),
-            max_tokens=int(params["max_tokens"]),
-            pad_token_id=int(params.get("pad_token_id", "0")),
-            pad_to_multiple_of=int(params.get("pad_to_multiple_of", "8")),
-            pad_buckets=tuple(int(b) for b in params.get("pad_buckets", "").split(",") if b.strip()),
-        )
+        self._tokenizer = PairTokenizer.from_params(version_dir, params)
 
     def execute(self, requests: list) -> list:
         pb = self._pb

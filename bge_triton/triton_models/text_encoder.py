@@ -65,17 +65,6 @@ def token_outputs(batch: TokenizedBatch) -> dict[str, np.ndarray]:
     }
 
 
-def tokenizer_from_params(version_dir: Path, params: dict[str, str]) -> TextTokenizer:
-    """The tokenizer the config's parameters describe (the ones the `<name>-tokenizer` model reads)."""
-    return TextTokenizer(
-        version_dir / params.get("tokenizer_file", "tokenizer.json"),
-        max_tokens=int(params["max_tokens"]),
-        pad_token_id=int(params.get("pad_token_id", "0")),
-        pad_to_multiple_of=int(params.get("pad_to_multiple_of", "8")),
-        pad_buckets=tuple(int(b) for b in params.get("pad_buckets", "").split(",") if b.strip()),
-    )
-
-
 class TritonPythonModel(OnnxRunnerModel):
     """Tokenizes the text requests of a batch in one `encode_groups` call, then runs every request's rows through the
     runner together (token-budgeted sub-batches), as the two models it replaces do one after the other."""
@@ -84,7 +73,7 @@ class TritonPythonModel(OnnxRunnerModel):
         super().initialize(args)
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self._tokenizer = tokenizer_from_params(Path(args["model_repository"]) / args["model_version"], params)
+        self._tokenizer = TextTokenizer.from_params(Path(args["model_repository"]) / args["model_version"], params)
 
     def execute(self, requests: list) -> list:
         pb = self._pb

@@ -86,6 +86,18 @@ class TextTokenizer:
         self.clip_chars = max_tokens * CLIP_CHARS_PER_TOKEN
         self.prefix, self.suffix = self._special_tokens()
 
+    @classmethod
+    def from_params(cls, version_dir: Path, params: dict[str, str]) -> TextTokenizer:
+        """The tokenizer a model config's parameters describe (`export/model_configs.py`, `tokenizer_params`), its
+        `tokenizer_file` in the model's version folder."""
+        return cls(
+            version_dir / params.get("tokenizer_file", "tokenizer.json"),
+            max_tokens=int(params["max_tokens"]),
+            pad_token_id=int(params.get("pad_token_id", "0")),
+            pad_to_multiple_of=int(params.get("pad_to_multiple_of", "8")),
+            pad_buckets=tuple(int(b) for b in params.get("pad_buckets", "").split(",") if b.strip()),
+        )
+
     def _special_tokens(self) -> tuple[list[int], list[int]]:
         """The ids the post-processor puts before and after a single text ([CLS] / [SEP], <s> / </s>)."""
         plain = self._full.encode("x", add_special_tokens=False).ids
@@ -264,13 +276,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        self._tokenizer = TextTokenizer(
-            version_dir / params.get("tokenizer_file", "tokenizer.json"),
-            max_tokens=int(params["max_tokens"]),
-            pad_token_id=int(params.get("pad_token_id", "0")),
-            pad_to_multiple_of=int(params.get("pad_to_multiple_of", "8")),
-            pad_buckets=tuple(int(b) for b in params.get("pad_buckets", "").split(",") if b.strip()),
-        )
+        self._tokenizer = TextTokenizer.from_params(version_dir, params)
 
     def execute(self, requests: list) -> list:
         pb = self._pb
