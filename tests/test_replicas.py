@@ -56,8 +56,15 @@ def test_sigkilled_replica_loses_no_request_and_rejoins(repository: Path, spawn:
          "--no-cache"],  # the load repeats its body: every request must reach a replica
         port=proxy_port, ready_path="/ready",
     )  # fmt: skip
-    ready = httpx.get(f"{served.url}/ready", timeout=10).json()
-    assert ready["replicas"]["all-MiniLM-L6-v2"] == [f"127.0.0.1:{grpc}", f"127.0.0.1:{grpc + 100}"]
+    # /ready answers 200 once every model has one READY replica; the other joins when its start-up canary passes
+    both = [f"127.0.0.1:{grpc}", f"127.0.0.1:{grpc + 100}"]
+    deadline = time.monotonic() + 60
+    while True:
+        ready = httpx.get(f"{served.url}/ready", timeout=10).json()
+        if ready["replicas"]["all-MiniLM-L6-v2"] == both or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert ready["replicas"]["all-MiniLM-L6-v2"] == both
     second_metrics = f"http://127.0.0.1:{metrics + 100}/metrics"
 
     with background_load(f"{served.url}/v1/embeddings", BODY) as statuses:
