@@ -194,10 +194,20 @@ def ensure_port_free(host: str, port: int, what: str) -> None:
             raise LaunchError(f"{what} port {host}:{port} is already in use ({exc.strerror}); choose another") from None
 
 
+_HANDED_OUT: set[int] = set()  # ports free_port gave this process: the kernel may offer a just-closed one again
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, never one this process got before (Triton's HTTP, gRPC and metrics ports are
+    picked one after another: the same port twice made it refuse to start)."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free port left that this process has not been given already")
 
 
 def _terminate_with_parent() -> None:

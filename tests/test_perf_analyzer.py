@@ -99,10 +99,11 @@ def test_perf_analyzer_measures_the_ensemble(perf_analyzer: Path, triton: Triton
     input_json = tmp_path / "input.json"
     batch_size = write_input_data(groups, input_json)
     texts_before, requests_before = _counts(triton.grpc_url)
-    # Short, and tolerant of a busy machine: 3 to 6 windows of 1 s, stable within a factor of 2.
+    # One window of a fixed number of requests: a busy shared CPU cannot fail it for instability (6 windows of 1 s
+    # within a factor of 2 did fail once), and what is checked here is the measurement, not the machine.
     result = run_perf_analyzer(
-        MODEL, triton.grpc_url, input_json, concurrency=2, batch_size=batch_size, measurement_ms=1000,
-        max_trials=6, stability_percentage=100, timeout_s=60, executable=perf_analyzer,
+        MODEL, triton.grpc_url, input_json, concurrency=2, batch_size=batch_size, request_count=40, timeout_s=60,
+        executable=perf_analyzer,
     )  # fmt: skip
     texts_after, requests_after = _counts(triton.grpc_url)
 
