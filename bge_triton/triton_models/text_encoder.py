@@ -52,8 +52,6 @@ OnnxRunnerModel = _runner.TritonPythonModel
 InvalidText, TextTokenizer, TokenizedBatch = _tokenizer.InvalidText, _tokenizer.TextTokenizer, _tokenizer.TokenizedBatch
 decode_texts = _tokenizer.decode_texts
 
-TOKEN_OUTPUTS = ("INPUT_IDS", "ATTENTION_MASK", "TOKEN_COUNT", "FULL_TOKEN_COUNT")
-
 
 def token_outputs(batch: TokenizedBatch) -> dict[str, np.ndarray]:
     """The tokenizer's answers this model can give next to the encoder's."""
