@@ -9,8 +9,11 @@ then the median), which is what the fixed cost of a request is.
     python -m bge_triton.bench.ab_latency --repository BEFORE --repository AFTER --model NAME \
         [--checkpoint DIR] [--rounds 200] [--threads 2] [--proxy] [--json PATH]
 
-The in-process pipeline runs the first repository's graphs; `--proxy` adds the OpenAI proxy (base64, as the
-openai SDK asks) in front of the last repository's Triton. Each Triton uses `--threads` onnxruntime threads.
+The in-process pipeline runs the first repository's graphs on the same strings the client library sends (the
+passage instruction in front); `--proxy` adds the OpenAI proxy (base64, as the openai SDK asks; no vector cache)
+in front of the last repository's Triton, called with the standard library's `http.client` on one kept-alive
+connection, the leanest Python client (bench/http_load.py says what httpx would add). Each Triton uses
+`--threads` onnxruntime threads.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def run(
     threads: int = 2,
     proxy: bool = False,
 ) -> dict[str, object]:
-    from bge_triton.client import EmbeddingClient
+    from bge_triton.client import EmbeddingClient, with_instruction
     from bge_triton.export.parity import OnnxPipeline
     from bge_triton.launcher import TritonOptions, TritonServer, free_port
 
@@ -87,7 +90,9 @@ def run(
         threads=threads, spinning="off",
     )  # fmt: skip
     os.environ["BGE_TRITON_ORT_THREADS"] = str(threads)
-    calls: dict[str, Callable[[str], object]] = {"onnxruntime": lambda q: pipeline.embed([q])}
+    calls: dict[str, Callable[[str], object]] = {
+        "onnxruntime": lambda q: pipeline.embed(with_instruction([q], facts, query=False))
+    }
     servers, closers = [], []
     with tempfile.TemporaryDirectory(prefix="bge-ab-") as tmp:
         try:
@@ -103,23 +108,27 @@ def run(
                 closers.append(client.close)
                 calls[f"triton[{i}]"] = lambda q, c=client: c.embed([q])
             if proxy:
-                import httpx
+                import http.client
 
                 port = free_port()
                 process = _spawn(
                     [sys.executable, "-m", "bge_triton", "serve-proxy", "--triton-url", options.grpc_url,
-                     "--port", str(port)],
+                     "--port", str(port), "--no-cache"],
                     Path(tmp) / "proxy.log",
                 )  # fmt: skip
                 closers.append(lambda: (process.terminate(), process.wait(30)))
                 _wait(f"http://127.0.0.1:{port}/ready", process)
-                http = httpx.Client(timeout=60)
-                closers.insert(0, http.close)
-                url = f"http://127.0.0.1:{port}/v1/embeddings"
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                closers.insert(0, connection.close)
 
                 def post(q: str) -> object:
-                    body = {"model": model, "input": [q], "encoding_format": "base64"}
-                    return http.post(url, json=body).raise_for_status()
+                    body = json.dumps({"model": model, "input": [q], "encoding_format": "base64"})
+                    connection.request("POST", "/v1/embeddings", body, {"Content-Type": "application/json"})
+                    response = connection.getresponse()
+                    payload = response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"proxy answered {response.status}: {payload[:200]!r}")
+                    return payload
 
                 calls["proxy"] = post
             samples = _measure(calls, queries, warmup)

@@ -91,6 +91,13 @@ async def _workers(system: System, requests: list[list[str]], concurrency: int) 
 
 
 async def measure(system: System, plan: Plan) -> dict[str, object]:
+    try:
+        return await _measure(system, plan)
+    finally:
+        await system.close()
+
+
+async def _measure(system: System, plan: Plan) -> dict[str, object]:
     await system.embed(plan.texts[: plan.batch])  # warm-up: sessions, connections, first batch
     await system.embed(plan.queries[:1])
     c1: list[float] = []

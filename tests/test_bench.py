@@ -77,3 +77,39 @@ def test_the_bench_command_runs_the_rerank_benchmark(capsys: pytest.CaptureFixtu
     assert json.loads(path.read_text())["systems"]["infinity"]["error"]
     table = capsys.readouterr().out
     assert "| triton | 12.5 | 80.0 | 120.0 |" in table and "| infinity | error: RuntimeError('missing')" in table
+
+
+def test_engines_given_raw_strings_embed_what_the_client_sends(exported: ExportResult, tmp_path: Path) -> None:
+    """Triton's client and the proxy put the passage instruction in front of every text (e5's "passage: "): the
+    in-process engines and infinity must embed the same strings, or they are timed on fewer tokens."""
+    import asyncio
+    import dataclasses
+
+    from bge_triton.bench.systems import InfinitySystem, OnnxRuntimeSystem, Spec
+
+    spec = Spec(minilm_dir(), exported.ensemble_dir.parent, exported.facts.name, threads=1, work_dir=tmp_path)
+    e5_like = dataclasses.replace(exported.facts, passage_instruction="passage: ")
+    seen: list[object] = []
+
+    onnx = OnnxRuntimeSystem(spec)
+    onnx.facts = e5_like  # type: ignore[misc]
+    onnx.pipeline = type("Recorder", (), {"embed": lambda self, texts, batch: seen.append(texts)})()
+    onnx._serial = asyncio.Lock()
+    infinity = InfinitySystem(spec)
+    infinity.facts = e5_like  # type: ignore[misc]
+    infinity.url = "http://infinity"
+
+    class Poster:
+        async def post(self, url: str, body: dict[str, object]) -> bytes:
+            seen.append(body["input"])
+            return b"{}"
+
+    infinity.http = Poster()  # type: ignore[assignment]
+
+    async def embed_both() -> None:
+        await onnx.embed(["a", "b"])
+        await infinity.embed(["a", "b"])
+
+    asyncio.run(embed_both())
+    assert seen == [["passage: a", "passage: b"]] * 2
+    assert OnnxRuntimeSystem(spec).as_passages(["a"]) == ["a"]  # MiniLM has no instruction
