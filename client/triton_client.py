@@ -439,7 +439,7 @@ class _ClientCore:
         """The prefixed texts, UTF-8 encoded, as BYTES [k, 1] chunks for the `<name>` ensemble."""
         assert self.model is not None
         prefixed = with_instruction(texts, self.require_facts(), query=query)
-        order = self._length_order([_estimated_tokens(t) for t in prefixed])
+        order = self._length_order([_estimated_tokens(t) for t in prefixed]) if self._chunked(prefixed) else None
         if order is not None:
             prefixed = [prefixed[i] for i in order]
         encoded = [text.encode("utf-8") for text in prefixed]
@@ -579,6 +579,11 @@ class _ClientCore:
         # request to its longest input, so mixing lengths would cost padding tokens.
         assert self.max_batch_size is not None
         return np.argsort(np.array(lengths), kind="stable") if len(lengths) > self.max_batch_size else None
+
+    def _chunked(self, items: Sequence[object]) -> bool:
+        """Whether `items` take more than one request (only then does sorting them by length pay)."""
+        assert self.max_batch_size is not None
+        return len(items) > self.max_batch_size
 
     def _slices(self, items: list[T]) -> Iterator[list[T]]:
         assert self.max_batch_size is not None

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bge_triton import __version__
@@ -16,6 +17,7 @@ from .access_log import AccessLog
 from .admission import admitted
 from .auth import ApiKeyAuth
 from .body_limits import BodyLimits
+from .direct_json_route import DirectJsonRoute
 from .embedding_service import EmbeddingService
 from .errors import ProxyError, install_error_handlers
 from .json_response import OrjsonResponse
@@ -95,6 +97,10 @@ def create_app(settings: ProxySettings) -> FastAPI:
         }
         return OrjsonResponse(payload)
 
+    # The hot path: a valid JSON body is parsed by pydantic in one step, anything else by the FastAPI routes above
+    for path in ("/v1/embeddings", "/embeddings"):
+        app.router.routes.insert(0, DirectJsonRoute(path, EmbeddingRequest, embeddings, _post_route(app, path)))
+
     install_m3_routes(app, registry, settings, metrics)
     install_tei_routes(app, registry, settings, metrics)
     install_ui_routes(app, registry, settings, metrics)
@@ -137,6 +143,10 @@ def create_app(settings: ProxySettings) -> FastAPI:
         await registry.discover_or_503()
 
     return app
+
+
+def _post_route(app: FastAPI, path: str) -> APIRoute:
+    return next(r for r in app.routes if isinstance(r, APIRoute) and r.path == path and "POST" in r.methods)
 
 
 def _card(listed: ListedName) -> ModelCard:

@@ -136,14 +136,17 @@ async def embed_in_slices(
             return await replicas.embed_with_usage(part, query=query, truncate=True)
 
     parts = await gather_or_cancel([run(group) for group in groups])
-    order = np.concatenate([np.asarray(group, dtype=np.int64) for group in groups])
-    columns = []
-    for name in ("vectors", "token_counts", "full_token_counts"):
-        joined = np.concatenate([getattr(part, name) for part in parts])
-        column = np.empty_like(joined)
-        column[order] = joined
-        columns.append(column)
-    result = EmbeddingResult(*columns)
+    if len(parts) == 1 and groups[0] == sorted(groups[0]):
+        result = parts[0]  # one slice in input order (a RAG query): nothing to put back in order
+    else:
+        order = np.concatenate([np.asarray(group, dtype=np.int64) for group in groups])
+        columns = []
+        for name in ("vectors", "token_counts", "full_token_counts"):
+            joined = np.concatenate([getattr(part, name) for part in parts])
+            column = np.empty_like(joined)
+            column[order] = joined
+            columns.append(column)
+        result = EmbeddingResult(*columns)
     if not truncate:
         over = np.flatnonzero(result.full_token_counts > facts.max_tokens)
         if len(over):
