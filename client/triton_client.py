@@ -45,6 +45,7 @@ from .errors import (
     ServerUnavailable,
     from_triton_exception,
 )
+from .grpc_inference import aio_channel, infer_request, message_sender, sync_channel
 from .m3_scoring import (
     MODE_OUTPUTS,
     MODES,
@@ -252,8 +253,20 @@ class _Transport:
     embedding clients make. Each method returns tritonclient's answer as is: a value for the sync
     clients, a coroutine for the asyncio ones."""
 
-    def __init__(self, factory: Callable[[], Any], *, grpc: bool, timeout_s: float, gevent: bool = False) -> None:
+    def __init__(
+        self,
+        factory: Callable[[], Any],
+        *,
+        grpc: bool,
+        timeout_s: float,
+        gevent: bool = False,
+        channel_factory: Callable[[], Any] | None = None,
+    ) -> None:
         self._factory = factory
+        # gRPC: the embedding calls' own channel (grpc_inference.py), made on first use like the client
+        self._channel_factory = channel_factory
+        self._channel: Any = None
+        self._send: Callable[[Any], Any] | None = None
         # gRPC takes a deadline per call and answers protobuf messages unless asked for JSON; the
         # HTTP clients got their timeouts when they were made and answer JSON.
         self._timeout: dict[str, Any] = {"client_timeout": timeout_s} if grpc else {}
@@ -298,6 +311,20 @@ class _Transport:
     def infer(self, model: str, inputs: list[Any], outputs: list[Any]) -> Any:
         return self.client.infer(model, inputs, outputs=outputs, **self._timeout)
 
+    @property
+    def sends_messages(self) -> bool:
+        """Whether infer_message() works: gRPC transports send built ModelInferRequests themselves."""
+        return self._channel_factory is not None
+
+    def infer_message(self, request: Any) -> Any:
+        """A built ModelInferRequest sent on this transport's channel; tritonclient's InferResult back."""
+        if self._send is None:
+            with self._lock:
+                if self._send is None:
+                    self._channel = self._channel_factory()  # type: ignore[misc]
+                    self._send = message_sender(self._channel, self._timeout["client_timeout"])
+        return self._send(request)
+
     def close(self) -> list[Any]:
         """Closes every client; returns what their close() returned (coroutines for asyncio)."""
         with self._lock:
@@ -305,7 +332,10 @@ class _Transport:
             hubs, self._hubs = self._hubs, []
             self._shared = None
             self._local = threading.local()
+            channel, self._channel, self._send = self._channel, None, None
         closed = [client.close() for client in clients]
+        if channel is not None:
+            closed.append(channel.close())  # a coroutine for grpc.aio's channel
         # The gevent hub of a thread that has exited (the sync client's pool threads, joined before
         # this) would keep its event loop's file descriptors: destroy it.
         for thread, hub in hubs:
@@ -363,7 +393,10 @@ class _ClientCore:
         if self.protocol == "grpc":
             import tritonclient.grpc as grpc_client
 
-            return _Transport(lambda: grpc_client.InferenceServerClient(url), grpc=True, timeout_s=timeout)
+            return _Transport(
+                lambda: grpc_client.InferenceServerClient(url), grpc=True, timeout_s=timeout,
+                channel_factory=lambda: sync_channel(url),
+            )  # fmt: skip
         import tritonclient.http as http_client
 
         return _Transport(
@@ -379,7 +412,10 @@ class _ClientCore:
         if self.protocol == "grpc":
             import tritonclient.grpc.aio as aio_grpc
 
-            return _Transport(lambda: aio_grpc.InferenceServerClient(url), grpc=True, timeout_s=timeout)
+            return _Transport(
+                lambda: aio_grpc.InferenceServerClient(url), grpc=True, timeout_s=timeout,
+                channel_factory=lambda: aio_channel(url),
+            )  # fmt: skip
         import tritonclient.http.aio as aio_http
 
         return _Transport(
@@ -592,6 +628,9 @@ class _ClientCore:
 
     def infer_call(self, transport: _Transport, plan: _Plan, chunk: np.ndarray) -> Callable[[], Any]:
         """The (retryable) inference call for one chunk of a plan."""
+        if transport.sends_messages:
+            message = infer_request(plan.model, plan.input_name, plan.datatype, chunk, plan.outputs)
+            return lambda: transport.infer_message(message)
         tensor = self.module.InferInput(plan.input_name, list(chunk.shape), plan.datatype)
         tensor.set_data_from_numpy(chunk)
         outputs = [self.module.InferRequestedOutput(name) for name in plan.outputs]
