@@ -21,6 +21,8 @@ from bge_triton.model_facts import read_facts
 ALL_SYSTEMS: tuple[str, ...] = ("onnxruntime", "triton", "perf_analyzer", "proxy", "sentence-transformers", "infinity")
 # Also measurable, not in the default set: "torch" (the torch engine in-process; needs the checkpoint).
 EXTRA_SYSTEMS: tuple[str, ...] = ("torch",)
+# Systems the side-by-side single-query run (paired_latency.py) starts together: all but perf_analyzer
+PAIRED_SYSTEMS: tuple[str, ...] = ("onnxruntime", "triton", "proxy", "sentence-transformers", "infinity", "torch")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -39,6 +41,7 @@ class BenchOptions:
     out_dir: Path = RESULTS_DIR
     timeout_s: float = 1800
     device: str = "cpu"  # cuda: sentence-transformers and the torch engine run FP16 on the GPU
+    paired_rounds: int = 200  # the side-by-side single-query run (paired_latency.py); 0: none
 
 
 def run_bench(opts: BenchOptions) -> dict[str, object]:
@@ -79,6 +82,16 @@ def run_bench(opts: BenchOptions) -> dict[str, object]:
             plan_path = work / f"plan-{name}.json"
             plan_path.write_text(json.dumps(plan, ensure_ascii=False), encoding="utf-8")
             systems[name] = _run_system(plan_path, opts.timeout_s)
+        paired = [name for name in opts.systems if name in PAIRED_SYSTEMS]
+        if opts.paired_rounds > 0 and len(paired) > 1:
+            print(f"[bench] side by side: {', '.join(paired)} ...", file=sys.stderr, flush=True)
+            plan_path = work / "plan-paired.json"
+            plan_path.write_text(json.dumps({**plan, "system": "paired"}, ensure_ascii=False), encoding="utf-8")
+            args = [str(opts.paired_rounds), ",".join(paired)]
+            # torch's OpenMP threads spin for a while after each call: in one process with the others, that took the
+            # cores of whichever system came next in the round (in-process onnxruntime read 2 ms slower than Triton)
+            env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+            report["paired_c1"] = _run_system(plan_path, opts.timeout_s, "paired_latency", args, env)
     report["ratios"] = _ratios(systems)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     out = opts.out_dir / f"{time.strftime('%Y-%m-%d')}-{socket.gethostname()}-{opts.model}-{opts.workload}.json"
@@ -89,10 +102,16 @@ def run_bench(opts: BenchOptions) -> dict[str, object]:
     return report
 
 
-def _run_system(plan_path: Path, timeout_s: float) -> dict[str, object]:
-    cmd = [sys.executable, "-m", "bge_triton.bench.runner", str(plan_path)]
+def _run_system(
+    plan_path: Path,
+    timeout_s: float,
+    module: str = "runner",
+    args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, object]:
+    cmd = [sys.executable, "-m", f"bge_triton.bench.{module}", str(plan_path), *(args or [])]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout_s:.0f} s"}
     if done.returncode != 0:
@@ -146,7 +165,27 @@ def format_table(report: dict[str, object]) -> str:
     if ratios:
         lines.append("")
         lines.append("throughput ratios: " + ", ".join(f"{k} {v}×" for k, v in ratios.items()))  # type: ignore[union-attr]
+    lines.extend(_paired_table(report.get("paired_c1")))
     return "\n".join(lines)
+
+
+def _paired_table(paired: object) -> list[str]:
+    """The side-by-side single-query run: p50s and the per-round differences (paired_latency.py)."""
+    if not isinstance(paired, dict) or not paired.get("systems"):
+        return [f"\nside by side: {paired['error']}"] if isinstance(paired, dict) and "error" in paired else []
+    lines = [
+        "",
+        f"single query, side by side ({paired['rounds']} rounds, systems in turns; ms):",
+        "| system | p10 | p50 | p90 | − onnxruntime (paired p50) | − triton (paired p50) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in paired["systems"].items():
+        over = [row.get(f"minus_{other}_p50_ms") for other in ("onnxruntime", "triton")]
+        cells = " | ".join("" if value is None else f"{value:+.3f}" for value in over)
+        lines.append(f"| {name} | {row['p10_ms']} | {row['p50_ms']} | {row['p90_ms']} | {cells} |")
+    for name, error in (paired.get("errors") or {}).items():
+        lines.append(f"| {name} | error: {error[:80]} | | | | |")
+    return lines
 
 
 def _cpu_name() -> str:

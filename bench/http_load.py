@@ -1,4 +1,5 @@
-"""The benchmark's HTTP load generator: one aiohttp session per measurement, JSON bodies posted to a server.
+"""The benchmark's HTTP load generators: JSON bodies posted to a server, from an event loop (aiohttp) or, one
+request at a time, from the calling thread (the standard library's http.client, the leanest Python client).
 
 A benchmark measures the server, so its client should cost as little as the language allows and the same for
 every HTTP system. On this project's 2-core VM (issue 19, `docs/benchmarks.md`), one POST of a 16-token query
@@ -10,7 +11,10 @@ httpx: an application calling through it pays that client cost on top of what th
 
 from __future__ import annotations
 
+import http.client
+import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -42,3 +46,31 @@ class JsonPoster:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class BlockingJsonPoster:
+    """POSTs JSON on one kept-alive `http.client` connection per server, from the calling thread."""
+
+    def __init__(self, timeout_s: float = 600) -> None:
+        self.timeout_s = timeout_s
+        self._connections: dict[str, http.client.HTTPConnection] = {}
+
+    def post(self, url: str, body: dict[str, Any]) -> bytes:
+        """The response body of a 2xx answer; RuntimeError naming the status for any other."""
+        parts = urlsplit(url)
+        connection = self._connections.get(parts.netloc)
+        if connection is None:
+            connection = self._connections[parts.netloc] = http.client.HTTPConnection(
+                parts.hostname or "127.0.0.1", parts.port, timeout=self.timeout_s
+            )
+        connection.request("POST", parts.path, json.dumps(body), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        payload = response.read()
+        if not 200 <= response.status < 300:
+            raise RuntimeError(f"{url} answered {response.status}: {payload[:200]!r}")
+        return payload
+
+    def close(self) -> None:
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()

@@ -27,7 +27,7 @@ from bge_triton.client.triton_client import with_instruction
 from bge_triton.launcher import TritonOptions, TritonServer, free_port
 from bge_triton.model_facts import ModelFacts, read_facts
 
-from .http_load import JsonPoster
+from .http_load import BlockingJsonPoster, JsonPoster
 
 BENCH_DIR = Path(__file__).resolve().parent
 INFINITY_BIN = BENCH_DIR / ".venv-infinity" / "bin" / "infinity_emb"
@@ -62,6 +62,10 @@ class System:
     async def embed(self, texts: list[str]) -> None:
         raise NotImplementedError
 
+    # Most systems also have `embed_now(texts)`, the blocking call from the calling thread, for runs that send one
+    # request at a time (paired_latency.py): in-process engines without embed()'s thread hop, servers through
+    # their leanest client (the sync gRPC client; http.client), so the run times the servers, not the bench.
+
     async def close(self) -> None:
         """Releases what embed() bound to the measurement's event loop (called inside it, at the end)."""
 
@@ -95,12 +99,15 @@ class OnnxRuntimeSystem(System):
         self._serial = asyncio.Lock()
         super().start()
 
+    def embed_now(self, texts: list[str]) -> None:
+        self.pipeline.embed(self.as_passages(texts), len(texts))
+
     async def embed(self, texts: list[str]) -> None:
         # One onnxruntime session runs one batch at a time (as Triton's single encoder instance does): concurrent
         # session.run calls would each start their intra-op threads and oversubscribe the cores (on 2 cores bge-m3
         # at 512 tokens fell from ~590 to 338 tokens/s that way).
         async with self._serial:
-            await asyncio.to_thread(self.pipeline.embed, self.as_passages(texts), len(texts))
+            await asyncio.to_thread(self.embed_now, texts)
 
 
 class SentenceTransformersSystem(System):
@@ -115,10 +122,11 @@ class SentenceTransformersSystem(System):
         self.model.max_seq_length = read_facts(self.spec.repository / self.spec.model).max_tokens
         super().start()
 
+    def embed_now(self, texts: list[str]) -> None:
+        self.model.encode(self.as_passages(texts), batch_size=len(texts), normalize_embeddings=True)
+
     async def embed(self, texts: list[str]) -> None:
-        await asyncio.to_thread(
-            self.model.encode, self.as_passages(texts), batch_size=len(texts), normalize_embeddings=True
-        )
+        await asyncio.to_thread(self.embed_now, texts)
 
     def gpu_memory_mb(self) -> int | None:
         return _gpu_memory_mb()
@@ -150,9 +158,12 @@ class TorchEngineSystem(System):
         self._serial = asyncio.Lock()
         super().start()
 
+    def embed_now(self, texts: list[str]) -> None:
+        self.pipeline.embed(self.as_passages(texts), len(texts))
+
     async def embed(self, texts: list[str]) -> None:
         async with self._serial:  # one encoder, one batch at a time (as one Triton instance)
-            await asyncio.to_thread(self.pipeline.embed, self.as_passages(texts), len(texts))
+            await asyncio.to_thread(self.embed_now, texts)
 
     def gpu_memory_mb(self) -> int | None:
         return _gpu_memory_mb()
@@ -172,6 +183,7 @@ class TritonSystem(System):
         assert self.server.process is not None
         self.pids = [self.server.process.pid]
         self.client = None
+        self.sync_client = None
 
     async def embed(self, texts: list[str]) -> None:
         if self.client is None:
@@ -183,10 +195,21 @@ class TritonSystem(System):
             )
         await self.client.embed(texts)
 
+    def embed_now(self, texts: list[str]) -> None:
+        """The sync client from the calling thread (paired_latency.py: one request at a time)."""
+        if self.sync_client is None:
+            from bge_triton.client import EmbeddingClient
+
+            self.sync_client = EmbeddingClient(self.options.grpc_url, model=self.spec.model, timeout_s=900)
+        self.sync_client.embed(texts)
+
     async def close(self) -> None:
         if self.client is not None:
             await self.client.close()
             self.client = None
+        if self.sync_client is not None:
+            self.sync_client.close()
+            self.sync_client = None
 
     def stop(self) -> None:
         self.server.stop()
@@ -210,13 +233,20 @@ class ProxySystem(TritonSystem):
         _wait(f"{self.url}/ready", self.proxy)
         self.pids.append(self.proxy.pid)
         self.http = JsonPoster()
+        self.blocking_http = BlockingJsonPoster()
+
+    def body(self, texts: list[str]) -> dict[str, object]:
+        return {"model": self.spec.model, "input": texts, "encoding_format": "base64"}
 
     async def embed(self, texts: list[str]) -> None:
-        body = {"model": self.spec.model, "input": texts, "encoding_format": "base64"}
-        await self.http.post(f"{self.url}/v1/embeddings", body)
+        await self.http.post(f"{self.url}/v1/embeddings", self.body(texts))
+
+    def embed_now(self, texts: list[str]) -> None:
+        self.blocking_http.post(f"{self.url}/v1/embeddings", self.body(texts))
 
     async def close(self) -> None:
         await self.http.close()
+        self.blocking_http.close()
         await super().close()
 
     def stop(self) -> None:
@@ -250,13 +280,20 @@ class InfinitySystem(System):
         _wait(f"{self.url}/health", self.process, timeout_s=600)
         self.pids = [self.process.pid]
         self.http = JsonPoster()
+        self.blocking_http = BlockingJsonPoster()
+
+    def body(self, texts: list[str]) -> dict[str, object]:
+        return {"model": self.spec.model, "input": self.as_passages(texts), "encoding_format": "float"}
 
     async def embed(self, texts: list[str]) -> None:
-        body = {"model": self.spec.model, "input": self.as_passages(texts), "encoding_format": "float"}
-        await self.http.post(f"{self.url}/embeddings", body)
+        await self.http.post(f"{self.url}/embeddings", self.body(texts))
+
+    def embed_now(self, texts: list[str]) -> None:
+        self.blocking_http.post(f"{self.url}/embeddings", self.body(texts))
 
     async def close(self) -> None:
         await self.http.close()
+        self.blocking_http.close()
 
     def stop(self) -> None:
         self.process.terminate()

@@ -584,6 +584,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=16, help="texts per request in the saturation run")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight in the saturation run")
     p.add_argument(
+        "--paired-rounds",
+        type=int,
+        default=200,
+        help="then every system at once, one query each per round in rotating order, this many rounds: the paired "
+        "single-query table (fixed cost over onnxruntime, the proxy's over Triton); 0: none",
+    )
+    p.add_argument(
         "--task",
         choices=("embed", "rerank"),
         default="embed",
@@ -620,6 +627,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint or embedded_default_dir(), repository=repository, model=model,
         workload=args.workload, systems=systems, threads=args.threads, texts=args.texts, queries=args.queries,
         batch=args.batch, concurrency=args.concurrency, out_dir=args.out or RESULTS_DIR, device=args.device,
+        paired_rounds=args.paired_rounds,
     )  # fmt: skip
     report = run_bench(opts)
     failed = [name for name, r in report["systems"].items() if "error" in r]  # type: ignore[union-attr]

@@ -36,6 +36,7 @@ def test_harness_runs_every_system_and_writes_json(exported: ExportResult, tmp_p
     opts = BenchOptions(
         checkpoint=minilm_dir(), repository=exported.ensemble_dir.parent, model=exported.facts.name,
         workload="sentence", systems=ALL_SYSTEMS, texts=16, queries=4, batch=4, concurrency=2, out_dir=tmp_path,
+        paired_rounds=12,
     )  # fmt: skip
     report = run_bench(opts)
     saved = json.loads(Path(str(report["path"])).read_text())
@@ -49,6 +50,16 @@ def test_harness_runs_every_system_and_writes_json(exported: ExportResult, tmp_p
     assert saved["mean_tokens_per_text"] == pytest.approx(64, abs=1)
     assert {"triton_vs_onnxruntime", "proxy_vs_onnxruntime", "triton_vs_infinity"} <= set(saved["ratios"])
     assert "| onnxruntime" in format_table(saved) and "throughput ratios" in format_table(saved)
+    # the side-by-side single-query run: every system but perf_analyzer, paired differences to onnxruntime and
+    # the proxy's to Triton
+    paired = saved["paired_c1"]
+    assert paired["rounds"] == 12 and not paired["errors"], paired
+    assert set(paired["systems"]) == set(ALL_SYSTEMS) - {"perf_analyzer"}
+    for name, row in paired["systems"].items():
+        assert 0 < row["p10_ms"] <= row["p50_ms"] <= row["p90_ms"], (name, row)
+        assert ("minus_onnxruntime_p50_ms" in row) == (name != "onnxruntime")
+    assert set(paired["systems"]["proxy"]) >= {"minus_onnxruntime_p50_ms", "minus_triton_p50_ms"}
+    assert "single query, side by side (12 rounds" in format_table(saved)
 
 
 def test_the_bench_command_offers_every_workload() -> None:
@@ -113,3 +124,19 @@ def test_engines_given_raw_strings_embed_what_the_client_sends(exported: ExportR
     asyncio.run(embed_both())
     assert seen == [["passage: a", "passage: b"]] * 2
     assert OnnxRuntimeSystem(spec).as_passages(["a"]) == ["a"]  # MiniLM has no instruction
+
+
+def test_paired_differences_are_per_round_medians() -> None:
+    from bge_triton.bench.paired_latency import differences
+
+    samples = {
+        "onnxruntime": [10.0, 10.0, 30.0, 10.0, 10.0],
+        "triton": [12.0, 11.0, 32.0, 13.0, 12.0],
+        "proxy": [13.0, 13.0, 50.0, 14.0, 14.0],
+    }
+    rows = differences(samples)
+    assert rows["triton"]["minus_onnxruntime_p50_ms"] == 2.0  # per round: 2, 1, 2, 3, 2
+    assert rows["proxy"]["minus_triton_p50_ms"] == 2.0  # per round: 1, 2, 18, 1, 2
+    assert rows["proxy"]["minus_onnxruntime_p50_ms"] == 4.0
+    assert rows["onnxruntime"] == {"p10_ms": 10.0, "p50_ms": 10.0, "p90_ms": 30.0}
+    assert "minus_triton_p50_ms" not in rows["triton"]
