@@ -215,7 +215,30 @@ class TritonSystem(System):
         self.server.stop()
 
 
-class ProxySystem(TritonSystem):
+class JsonOverHttp:
+    """A server's embeddings endpoint called with JSON bodies (`body()`), through the bench's HTTP clients."""
+
+    def connect_http(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.http = JsonPoster()
+        self.blocking_http = BlockingJsonPoster()
+
+    def body(self, texts: list[str]) -> dict[str, object]:
+        raise NotImplementedError
+
+    async def embed(self, texts: list[str]) -> None:
+        await self.http.post(self.endpoint, self.body(texts))
+
+    def embed_now(self, texts: list[str]) -> None:
+        self.blocking_http.post(self.endpoint, self.body(texts))
+
+    async def close(self) -> None:
+        await self.http.close()
+        self.blocking_http.close()
+        await super().close()  # type: ignore[misc]  # the System's own (the proxy's Triton clients)
+
+
+class ProxySystem(JsonOverHttp, TritonSystem):
     """Triton plus the OpenAI proxy, called over HTTP with base64 (what the openai SDK asks for)."""
 
     # The peers are compared on embedding work: repeated texts must reach Triton (cached: CachedProxySystem)
@@ -232,22 +255,10 @@ class ProxySystem(TritonSystem):
         self.url = f"http://127.0.0.1:{port}"
         _wait(f"{self.url}/ready", self.proxy)
         self.pids.append(self.proxy.pid)
-        self.http = JsonPoster()
-        self.blocking_http = BlockingJsonPoster()
+        self.connect_http(f"{self.url}/v1/embeddings")
 
     def body(self, texts: list[str]) -> dict[str, object]:
         return {"model": self.spec.model, "input": texts, "encoding_format": "base64"}
-
-    async def embed(self, texts: list[str]) -> None:
-        await self.http.post(f"{self.url}/v1/embeddings", self.body(texts))
-
-    def embed_now(self, texts: list[str]) -> None:
-        self.blocking_http.post(f"{self.url}/v1/embeddings", self.body(texts))
-
-    async def close(self) -> None:
-        await self.http.close()
-        self.blocking_http.close()
-        await super().close()
 
     def stop(self) -> None:
         self.proxy.terminate()
@@ -261,7 +272,7 @@ class CachedProxySystem(ProxySystem):
     cache_args = ()
 
 
-class InfinitySystem(System):
+class InfinitySystem(JsonOverHttp, System):
     """infinity-emb's server (torch engine) from its own venv (bench/install_infinity.sh)."""
 
     def start(self) -> None:
@@ -279,21 +290,10 @@ class InfinitySystem(System):
         self.url = f"http://127.0.0.1:{port}"
         _wait(f"{self.url}/health", self.process, timeout_s=600)
         self.pids = [self.process.pid]
-        self.http = JsonPoster()
-        self.blocking_http = BlockingJsonPoster()
+        self.connect_http(f"{self.url}/embeddings")
 
     def body(self, texts: list[str]) -> dict[str, object]:
         return {"model": self.spec.model, "input": self.as_passages(texts), "encoding_format": "float"}
-
-    async def embed(self, texts: list[str]) -> None:
-        await self.http.post(f"{self.url}/embeddings", self.body(texts))
-
-    def embed_now(self, texts: list[str]) -> None:
-        self.blocking_http.post(f"{self.url}/embeddings", self.body(texts))
-
-    async def close(self) -> None:
-        await self.http.close()
-        self.blocking_http.close()
 
     def stop(self) -> None:
         self.process.terminate()

@@ -108,7 +108,7 @@ def test_engines_given_raw_strings_embed_what_the_client_sends(exported: ExportR
     onnx._serial = asyncio.Lock()
     infinity = InfinitySystem(spec)
     infinity.facts = e5_like  # type: ignore[misc]
-    infinity.url = "http://infinity"
+    infinity.endpoint = "http://infinity/embeddings"
 
     class Poster:
         async def post(self, url: str, body: dict[str, object]) -> bytes:
