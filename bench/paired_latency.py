@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from .ab_latency import _paired, _quantile  # the same quantiles and per-round differences as ab_latency
 from .runner import Plan, run_loop
 from .systems import SYSTEMS, System
 
@@ -35,16 +36,14 @@ def differences(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     for name, values in samples.items():
         ordered = sorted(values)
         row = {
-            "p10_ms": round(ordered[len(ordered) // 10], 3),
+            "p10_ms": round(_quantile(ordered, 0.1), 3),
             "p50_ms": round(statistics.median(ordered), 3),
-            "p90_ms": round(ordered[min(len(ordered) - 1, len(ordered) * 9 // 10)], 3),
+            "p90_ms": round(_quantile(ordered, 0.9), 3),
         }
         others = [other for other in (BASELINE, "triton" if name == "proxy" else "") if other and other in samples]
         for other in others:
             if other != name:
-                row[f"minus_{other}_p50_ms"] = round(
-                    statistics.median(a - b for a, b in zip(values, samples[other], strict=True)), 3
-                )
+                row[f"minus_{other}_p50_ms"] = round(statistics.median(_paired(values, samples[other])), 3)
         out[name] = row
     return out
 
