@@ -11,12 +11,13 @@ failed call raises `grpc.RpcError`, which `errors.from_triton_exception` maps as
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import grpc
 import numpy as np
 from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
+
+from .raw_tensors import raw_contents
 
 # What tritonclient's clients allow (its MAX_GRPC_MESSAGE_SIZE): ColBERT vectors of a full batch pass 4 MB.
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -24,18 +25,6 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
-_NUMPY_TYPES = {"INT64": np.dtype("<i8"), "INT32": np.dtype("<i4"), "FP32": np.dtype("<f4")}
-
-
-def raw_contents(chunk: np.ndarray, datatype: str) -> bytes:
-    """`chunk` as Triton's raw input bytes (row-major)."""
-    if datatype == "BYTES":
-        return b"".join(len(item).to_bytes(4, "little") + item for item in map(_as_bytes, chunk.flat))
-    return np.ascontiguousarray(chunk, dtype=_NUMPY_TYPES[datatype]).tobytes()
-
-
-def _as_bytes(item: Any) -> bytes:
-    return item if isinstance(item, bytes) else str(item).encode("utf-8")
 
 
 def infer_request(
@@ -53,26 +42,31 @@ def infer_request(
     return request
 
 
-def sync_channel(url: str) -> grpc.Channel:
-    return grpc.insecure_channel(url, options=CHANNEL_OPTIONS)
+class GrpcSender:
+    """Sends ModelInferRequests on a channel of its own; tritonclient's InferResult back."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self._channel = grpc.insecure_channel(url, options=CHANNEL_OPTIONS)
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self.timeout_s = timeout_s
+
+    def __call__(self, request: service_pb2.ModelInferRequest) -> InferResult:
+        return InferResult(self._stub.ModelInfer(request, timeout=self.timeout_s))
+
+    def close(self) -> None:
+        self._channel.close()
 
 
-def aio_channel(url: str) -> grpc.aio.Channel:
-    """Made inside the event loop that will use it (grpc.aio binds to the running loop)."""
-    return grpc.aio.insecure_channel(url, options=CHANNEL_OPTIONS)
+class AsyncGrpcSender:
+    """GrpcSender for asyncio: made inside the event loop that will use it (grpc.aio binds to the running loop)."""
 
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self._channel = grpc.aio.insecure_channel(url, options=CHANNEL_OPTIONS)
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self.timeout_s = timeout_s
 
-def message_sender(channel: grpc.Channel | grpc.aio.Channel, timeout_s: float) -> Callable[[Any], Any]:
-    """request -> tritonclient's InferResult (sync channel) or a coroutine of it (asyncio channel)."""
-    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-    if isinstance(channel, grpc.aio.Channel):
+    async def __call__(self, request: service_pb2.ModelInferRequest) -> InferResult:
+        return InferResult(await self._stub.ModelInfer(request, timeout=self.timeout_s))
 
-        async def send_async(request: service_pb2.ModelInferRequest) -> InferResult:
-            return InferResult(await stub.ModelInfer(request, timeout=timeout_s))
-
-        return send_async
-
-    def send(request: service_pb2.ModelInferRequest) -> InferResult:
-        return InferResult(stub.ModelInfer(request, timeout=timeout_s))
-
-    return send
+    async def close(self) -> None:
+        await self._channel.close()

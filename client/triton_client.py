@@ -33,6 +33,7 @@ import numpy as np
 from bge_triton.model_facts import FactsError, ModelFacts
 from bge_triton.model_names import model_names
 
+from . import grpc_inference, http_inference
 from .concurrent_calls import gather_or_cancel
 from .errors import (
     EmbeddingError,
@@ -45,7 +46,8 @@ from .errors import (
     ServerUnavailable,
     from_triton_exception,
 )
-from .grpc_inference import aio_channel, infer_request, message_sender, sync_channel
+from .grpc_inference import AsyncGrpcSender, GrpcSender
+from .http_inference import AsyncHttpSender, HttpSender
 from .m3_scoring import (
     MODE_OUTPUTS,
     MODES,
@@ -249,9 +251,10 @@ class _Plan:
 
 
 class _Transport:
-    """The thin I/O layer: one tritonclient client (or one per thread) and the four calls the
-    embedding clients make. Each method returns tritonclient's answer as is: a value for the sync
-    clients, a coroutine for the asyncio ones."""
+    """The thin I/O layer: one tritonclient client (or one per thread) for the metadata, readiness and
+    tokenize calls, and a sender of its own (grpc_inference.py / http_inference.py) for the embedding
+    calls. Each method returns tritonclient's answer as is: a value for the sync clients, a coroutine
+    for the asyncio ones."""
 
     def __init__(
         self,
@@ -260,13 +263,13 @@ class _Transport:
         grpc: bool,
         timeout_s: float,
         gevent: bool = False,
-        channel_factory: Callable[[], Any] | None = None,
+        sender_factory: Callable[[], Any],
     ) -> None:
         self._factory = factory
-        # gRPC: the embedding calls' own channel (grpc_inference.py), made on first use like the client
-        self._channel_factory = channel_factory
-        self._channel: Any = None
-        self._send: Callable[[Any], Any] | None = None
+        # The embedding calls' own sender (grpc_inference.py / http_inference.py), made on first use like the
+        # client: a callable taking a built request, with a close().
+        self._sender_factory = sender_factory
+        self._sender: Any = None
         # gRPC takes a deadline per call and answers protobuf messages unless asked for JSON; the
         # HTTP clients got their timeouts when they were made and answer JSON.
         self._timeout: dict[str, Any] = {"client_timeout": timeout_s} if grpc else {}
@@ -311,19 +314,16 @@ class _Transport:
     def infer(self, model: str, inputs: list[Any], outputs: list[Any]) -> Any:
         return self.client.infer(model, inputs, outputs=outputs, **self._timeout)
 
-    @property
-    def sends_messages(self) -> bool:
-        """Whether infer_message() works: gRPC transports send built ModelInferRequests themselves."""
-        return self._channel_factory is not None
-
     def infer_message(self, request: Any) -> Any:
-        """A built ModelInferRequest sent on this transport's channel; tritonclient's InferResult back."""
-        if self._send is None:
+        """A built request (a ModelInferRequest, an HttpInferRequest) sent by this transport's sender;
+        tritonclient's InferResult back."""
+        sender = self._sender
+        if sender is None:
             with self._lock:
-                if self._send is None:
-                    self._channel = self._channel_factory()  # type: ignore[misc]
-                    self._send = message_sender(self._channel, self._timeout["client_timeout"])
-        return self._send(request)
+                if self._sender is None:
+                    self._sender = self._sender_factory()
+                sender = self._sender
+        return sender(request)
 
     def close(self) -> list[Any]:
         """Closes every client; returns what their close() returned (coroutines for asyncio)."""
@@ -332,10 +332,10 @@ class _Transport:
             hubs, self._hubs = self._hubs, []
             self._shared = None
             self._local = threading.local()
-            channel, self._channel, self._send = self._channel, None, None
+            sender, self._sender = self._sender, None
         closed = [client.close() for client in clients]
-        if channel is not None:
-            closed.append(channel.close())  # a coroutine for grpc.aio's channel
+        if sender is not None:
+            closed.append(sender.close())  # a coroutine for the asyncio senders
         # The gevent hub of a thread that has exited (the sync client's pool threads, joined before
         # this) would keep its event loop's file descriptors: destroy it.
         for thread, hub in hubs:
@@ -395,7 +395,7 @@ class _ClientCore:
 
             return _Transport(
                 lambda: grpc_client.InferenceServerClient(url), grpc=True, timeout_s=timeout,
-                channel_factory=lambda: sync_channel(url),
+                sender_factory=lambda: GrpcSender(url, timeout),
             )  # fmt: skip
         import tritonclient.http as http_client
 
@@ -404,6 +404,7 @@ class _ClientCore:
             grpc=False,
             timeout_s=timeout,
             gevent=True,
+            sender_factory=lambda: HttpSender(url, timeout),
         )
 
     def async_transport(self) -> _Transport:
@@ -414,13 +415,14 @@ class _ClientCore:
 
             return _Transport(
                 lambda: aio_grpc.InferenceServerClient(url), grpc=True, timeout_s=timeout,
-                channel_factory=lambda: aio_channel(url),
+                sender_factory=lambda: AsyncGrpcSender(url, timeout),
             )  # fmt: skip
         import tritonclient.http.aio as aio_http
 
         return _Transport(
-            lambda: aio_http.InferenceServerClient(url, conn_timeout=timeout), grpc=False, timeout_s=timeout
-        )
+            lambda: aio_http.InferenceServerClient(url, conn_timeout=timeout), grpc=False, timeout_s=timeout,
+            sender_factory=lambda: AsyncHttpSender(url, timeout),
+        )  # fmt: skip
 
     # -- model resolution ----------------------------------------------------------------------
     def require_facts(self) -> ModelFacts:
@@ -628,13 +630,9 @@ class _ClientCore:
 
     def infer_call(self, transport: _Transport, plan: _Plan, chunk: np.ndarray) -> Callable[[], Any]:
         """The (retryable) inference call for one chunk of a plan."""
-        if transport.sends_messages:
-            message = infer_request(plan.model, plan.input_name, plan.datatype, chunk, plan.outputs)
-            return lambda: transport.infer_message(message)
-        tensor = self.module.InferInput(plan.input_name, list(chunk.shape), plan.datatype)
-        tensor.set_data_from_numpy(chunk)
-        outputs = [self.module.InferRequestedOutput(name) for name in plan.outputs]
-        return lambda: transport.infer(plan.model, [tensor], outputs)
+        wire = grpc_inference if self.protocol == "grpc" else http_inference
+        message = wire.infer_request(plan.model, plan.input_name, plan.datatype, chunk, plan.outputs)
+        return lambda: transport.infer_message(message)
 
     def parse(self, result: Any, rows: int) -> _Part:
         facts = self.require_facts()

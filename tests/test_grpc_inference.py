@@ -7,7 +7,8 @@ import tritonclient.grpc as tc
 from tritonclient.grpc._utils import _get_inference_request
 from tritonclient.utils import serialize_byte_tensor
 
-from bge_triton.client.grpc_inference import infer_request, raw_contents
+from bge_triton.client.grpc_inference import infer_request
+from bge_triton.client.raw_tensors import raw_contents
 
 
 def test_bytes_and_int64_contents_equal_tritonclients() -> None:
