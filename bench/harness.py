@@ -20,9 +20,11 @@ from bge_triton.model_facts import read_facts
 
 ALL_SYSTEMS: tuple[str, ...] = ("onnxruntime", "triton", "perf_analyzer", "proxy", "sentence-transformers", "infinity")
 # Also measurable, not in the default set: "torch" (the torch engine in-process; needs the checkpoint).
-EXTRA_SYSTEMS: tuple[str, ...] = ("torch",)
+EXTRA_SYSTEMS: tuple[str, ...] = ("torch", "triton-http")
 # Systems the side-by-side single-query run (paired_latency.py) starts together: all but perf_analyzer
-PAIRED_SYSTEMS: tuple[str, ...] = ("onnxruntime", "triton", "proxy", "sentence-transformers", "infinity", "torch")
+PAIRED_SYSTEMS: tuple[str, ...] = (
+    "onnxruntime", "triton", "triton-http", "proxy", "sentence-transformers", "infinity", "torch"
+)  # fmt: skip
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -83,6 +85,8 @@ def run_bench(opts: BenchOptions) -> dict[str, object]:
             plan_path.write_text(json.dumps(plan, ensure_ascii=False), encoding="utf-8")
             systems[name] = _run_system(plan_path, opts.timeout_s)
         paired = [name for name in opts.systems if name in PAIRED_SYSTEMS]
+        if "triton" in paired and "triton-http" not in paired:  # both of Triton's protocols, side by side
+            paired.insert(paired.index("triton") + 1, "triton-http")
         if opts.paired_rounds > 0 and len(paired) > 1:
             print(f"[bench] side by side: {', '.join(paired)} ...", file=sys.stderr, flush=True)
             plan_path = work / "plan-paired.json"

@@ -4,11 +4,12 @@
 per request (issue 19) drowns in what a shared machine does between those runs. Here the systems are started
 together in one process and asked for one 16-token query each per round, in an order that rotates every round,
 so all see the same machine. Each is called through `embed_now` where it has one, from this thread: in-process
-engines directly, Triton with the sync gRPC client, HTTP servers with `http.client` (bench/http_load.py), so the
-figures are the systems' and not the load generator's. The report gives each one's p10/p50/p90 and the median of
-the per-round differences: each system minus in-process onnxruntime, and the proxy minus Triton (its own share).
-The harness runs it with OMP_WAIT_POLICY=PASSIVE: torch's spinning OpenMP threads would take the cores of
-whichever system comes next in a round.
+engines directly, Triton with the sync client over gRPC and (triton-http) over HTTP, HTTP servers with
+`http.client` (bench/http_load.py), so the figures are the systems' and not the load generator's. The report
+gives each one's p10/p50/p90 and the median of the per-round differences: each system minus in-process
+onnxruntime, and the proxy and triton-http minus Triton (the proxy's own share; what HTTP instead of gRPC
+changes). The harness runs it with OMP_WAIT_POLICY=PASSIVE: torch's spinning OpenMP threads would take the cores
+of whichever system comes next in a round.
 
     python -m bge_triton.bench.paired_latency PLAN.json   (written by bench/harness.py; prints JSON last)
 """
@@ -26,6 +27,8 @@ from .runner import Plan, run_loop
 from .systems import SYSTEMS, System
 
 BASELINE = "onnxruntime"
+# Systems also compared with the Triton system they stand in front of (or next to): their own share.
+SERVED_BY = {"proxy": "triton", "triton-http": "triton"}
 WARMUP_ROUNDS = 10
 
 
@@ -40,7 +43,7 @@ def differences(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
             "p50_ms": round(statistics.median(ordered), 3),
             "p90_ms": round(_quantile(ordered, 0.9), 3),
         }
-        others = [other for other in (BASELINE, "triton" if name == "proxy" else "") if other and other in samples]
+        others = [other for other in (BASELINE, SERVED_BY.get(name, "")) if other and other in samples]
         for other in others:
             if other != name:
                 row[f"minus_{other}_p50_ms"] = round(statistics.median(_paired(values, samples[other])), 3)

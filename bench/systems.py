@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
@@ -170,7 +171,14 @@ class TorchEngineSystem(System):
 
 
 class TritonSystem(System):
-    """Triton started on the repository, called with our async gRPC client."""
+    """Triton started on the repository, called with our gRPC clients (async for the runs, sync for the
+    side-by-side single queries)."""
+
+    protocol: Literal["grpc", "http"] = "grpc"
+
+    @property
+    def client_url(self) -> str:
+        return self.options.grpc_url if self.protocol == "grpc" else self.options.http_url
 
     def start(self) -> None:
         os.environ["BGE_TRITON_ORT_THREADS"] = str(self.spec.threads)
@@ -191,7 +199,7 @@ class TritonSystem(System):
 
             # 8192-token texts take over a minute each on CPU: the default 30 s per call would cut them off.
             self.client = AsyncEmbeddingClient(
-                self.options.grpc_url, model=self.spec.model, max_concurrency=64, timeout_s=900
+                self.client_url, self.protocol, model=self.spec.model, max_concurrency=64, timeout_s=900
             )
         await self.client.embed(texts)
 
@@ -200,7 +208,7 @@ class TritonSystem(System):
         if self.sync_client is None:
             from bge_triton.client import EmbeddingClient
 
-            self.sync_client = EmbeddingClient(self.options.grpc_url, model=self.spec.model, timeout_s=900)
+            self.sync_client = EmbeddingClient(self.client_url, self.protocol, model=self.spec.model, timeout_s=900)
         self.sync_client.embed(texts)
 
     async def close(self) -> None:
@@ -213,6 +221,12 @@ class TritonSystem(System):
 
     def stop(self) -> None:
         self.server.stop()
+
+
+class TritonHttpSystem(TritonSystem):
+    """The same Triton called over its HTTP/REST endpoint (client/http_inference.py) instead of gRPC."""
+
+    protocol: Literal["grpc", "http"] = "http"
 
 
 class JsonOverHttp:
@@ -306,6 +320,7 @@ class InfinitySystem(JsonOverHttp, System):
 SYSTEMS: dict[str, type[System]] = {
     "onnxruntime": OnnxRuntimeSystem,
     "triton": TritonSystem,
+    "triton-http": TritonHttpSystem,
     "proxy": ProxySystem,
     "sentence-transformers": SentenceTransformersSystem,
     "infinity": InfinitySystem,

@@ -50,11 +50,12 @@ def test_harness_runs_every_system_and_writes_json(exported: ExportResult, tmp_p
     assert saved["mean_tokens_per_text"] == pytest.approx(64, abs=1)
     assert {"triton_vs_onnxruntime", "proxy_vs_onnxruntime", "triton_vs_infinity"} <= set(saved["ratios"])
     assert "| onnxruntime" in format_table(saved) and "throughput ratios" in format_table(saved)
-    # the side-by-side single-query run: every system but perf_analyzer, paired differences to onnxruntime and
-    # the proxy's to Triton
+    # the side-by-side single-query run: every system but perf_analyzer, and Triton over HTTP too; paired
+    # differences to onnxruntime, and the proxy's and triton-http's to Triton
     paired = saved["paired_c1"]
     assert paired["rounds"] == 12 and not paired["errors"], paired
-    assert set(paired["systems"]) == set(ALL_SYSTEMS) - {"perf_analyzer"}
+    assert set(paired["systems"]) == set(ALL_SYSTEMS) - {"perf_analyzer"} | {"triton-http"}
+    assert "minus_triton_p50_ms" in paired["systems"]["triton-http"]
     for name, row in paired["systems"].items():
         assert 0 < row["p10_ms"] <= row["p50_ms"] <= row["p90_ms"], (name, row)
         assert ("minus_onnxruntime_p50_ms" in row) == (name != "onnxruntime")
@@ -133,8 +134,10 @@ def test_paired_differences_are_per_round_medians() -> None:
         "onnxruntime": [10.0, 10.0, 30.0, 10.0, 10.0],
         "triton": [12.0, 11.0, 32.0, 13.0, 12.0],
         "proxy": [13.0, 13.0, 50.0, 14.0, 14.0],
+        "triton-http": [11.0, 11.0, 31.0, 12.0, 12.0],
     }
     rows = differences(samples)
+    assert rows["triton-http"]["minus_triton_p50_ms"] == -1.0  # per round: -1, 0, -1, -1, 0
     assert rows["triton"]["minus_onnxruntime_p50_ms"] == 2.0  # per round: 2, 1, 2, 3, 2
     assert rows["proxy"]["minus_triton_p50_ms"] == 2.0  # per round: 1, 2, 18, 1, 2
     assert rows["proxy"]["minus_onnxruntime_p50_ms"] == 4.0
