@@ -96,8 +96,14 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "profiles from the pad buckets, warm-up before READY and the engine cache in /trt-cache; exports the "
         "unoptimised graph (TensorRT cannot take onnxruntime's fused com.microsoft ops)",
     )
-    p.add_argument("--max-queue-size", type=int, default=512, help="Triton rejects requests past this queue length")
-    p.add_argument("--queue-timeout-ms", type=int, default=30_000, help="Triton rejects requests queued longer")
+    p.add_argument(
+        "--max-queue-size", type=int, default=0,
+        help="Triton rejects requests past this queue length (default 0: no queue policy; any policy turns off the "
+        "dynamic batcher's prefetching, see docs/reliability.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--queue-timeout-ms", type=int, default=0, help="Triton rejects requests queued longer (default 0: none)"
+    )
     p.set_defaults(func=_cmd_export)
 
 

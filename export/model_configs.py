@@ -45,10 +45,14 @@ class BatchingOptions:
     # Fixed padding widths: None = the target's default (container-gpu: 16, 32, ... the window; local: none, pad
     # to a multiple of pad_to_multiple_of, since the local runner merges ragged requests). See gpu_target.py.
     pad_buckets: tuple[int, ...] | None = None
-    # Backstop for direct Triton callers: requests past this queue length, or waiting longer than
-    # this, are rejected ("Exceeds maximum queue size" / "Request timeout expired"), never queued forever.
-    max_queue_size: int = 512
-    queue_timeout_us: int = 30_000_000
+    # Opt-in backstop for direct Triton callers: requests past this queue length, or waiting longer than this,
+    # are rejected ("Exceeds maximum queue size" / "Request timeout expired"). 0 = no queue policy (the default):
+    # Triton's dynamic batcher prefetches the next batch only when a model has no queue policy at all; with one,
+    # it waits for a free instance and, when no new request arrives to wake it, sleeps its 500 ms default, which
+    # stalled every in-flight request ~0.6 s every few seconds under 8 closed-loop clients (docs/reliability.md).
+    # The proxy's admission control (--max-in-flight, 429 + Retry-After) bounds load in front of Triton.
+    max_queue_size: int = 0
+    queue_timeout_us: int = 0
     # container-gpu only: run the ONNX graph through TensorRT inside Triton's onnxruntime backend
     # (TensorRT execution accelerator; engines are built on the GPU host at load time).
     tensorrt: bool = False
@@ -90,17 +94,19 @@ def set_params(config: mc.ModelConfig, params: dict[str, str]) -> None:
 
 
 def dynamic_batching(config: mc.ModelConfig, opts: BatchingOptions, *, waits: bool = False) -> None:
-    """Dynamic batching with the queue policy. Only the encoder (`waits`) holds a request back up to
-    `max_queue_delay_us` to fill a batch: the steps around it batch what has queued while they were busy and
-    never wait, since their delay would be paid once per step by every request (3 x 2 ms at batch 1)."""
+    """Dynamic batching, with a queue policy only when one is asked for (BatchingOptions.max_queue_size /
+    queue_timeout_us). Only the encoder (`waits`) holds a request back up to `max_queue_delay_us` to fill a batch:
+    the steps around it batch what has queued while they were busy and never wait, since their delay would be
+    paid once per step by every request (3 x 2 ms at batch 1)."""
     preferred = [b for b in opts.preferred_batch_sizes if b <= opts.max_batch_size]
     config.dynamic_batching.preferred_batch_size.extend(preferred)
     config.dynamic_batching.max_queue_delay_microseconds = (opts.max_queue_delay_us or 0) if waits else 0
-    policy = config.dynamic_batching.default_queue_policy
-    policy.max_queue_size = opts.max_queue_size
-    policy.timeout_action = mc.ModelQueuePolicy.REJECT
-    policy.default_timeout_microseconds = opts.queue_timeout_us
-    policy.allow_timeout_override = True
+    if opts.max_queue_size or opts.queue_timeout_us:
+        policy = config.dynamic_batching.default_queue_policy
+        policy.max_queue_size = opts.max_queue_size
+        policy.timeout_action = mc.ModelQueuePolicy.REJECT
+        policy.default_timeout_microseconds = opts.queue_timeout_us
+        policy.allow_timeout_override = True
 
 
 def tokenizer_params(facts: ModelFacts, opts: BatchingOptions) -> dict[str, str]:

@@ -11,7 +11,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from bge_triton.export.exporter import ExportResult
-from bge_triton.export.model_configs import BatchingOptions
+from bge_triton.export.model_configs import BatchingOptions, dynamic_batching
 from bge_triton.export.onnx_export import encoder_input_names
 from bge_triton.export.repository import write_repository
 from bge_triton.model_facts import ModelFacts
@@ -133,9 +133,20 @@ def test_dynamic_batching_configured(both_targets: dict[str, Path], target: str,
         # it batch what queued and never wait.
         waits = {"encoder": encoder_wait, "tokenizer": 2000 if target == "container-gpu" else 0}
         assert config.dynamic_batching.max_queue_delay_microseconds == waits.get(model, 0)
-        policy = config.dynamic_batching.default_queue_policy
-        assert policy.max_queue_size == 512 and policy.timeout_action == mc.ModelQueuePolicy.REJECT
-        assert policy.default_timeout_microseconds == 30_000_000
+        # No queue policy by default: Triton's batcher prefetches batches only for a model without one (its
+        # PriorityQueue::SupportPrefetching); with one it stalled all in-flight requests ~0.6 s under load.
+        assert not config.dynamic_batching.HasField("default_queue_policy")
+
+
+def test_a_queue_policy_is_written_when_asked_for() -> None:
+    config = mc.ModelConfig()
+    dynamic_batching(config, BatchingOptions(max_queue_size=100, queue_timeout_us=5_000_000), waits=True)
+    policy = config.dynamic_batching.default_queue_policy
+    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (100, 5_000_000)
+    assert policy.timeout_action == mc.ModelQueuePolicy.REJECT and policy.allow_timeout_override
+    bare = mc.ModelConfig()
+    dynamic_batching(bare, BatchingOptions(), waits=True)
+    assert bare.HasField("dynamic_batching") and not bare.dynamic_batching.HasField("default_queue_policy")
 
 
 def test_ids_ensemble_shares_the_chain_and_takes_token_ids(both_targets: dict[str, Path]) -> None:

@@ -112,7 +112,8 @@ def test_export_reads_the_facts_and_checks_parity(rerank_export: ExportResult) -
     assert [s.model_name for s in config.ensemble_scheduling.step] == [f"{RERANKER}-pair-tokenizer",
                                                                        f"{RERANKER}-encoder"]  # fmt: skip
     encoder = parse_config((repo / f"{RERANKER}-encoder" / "config.pbtxt").read_text())
-    assert encoder.dynamic_batching.default_queue_policy.max_queue_size == 512  # batching and queue policy
+    assert list(encoder.dynamic_batching.preferred_batch_size) == [8, 16, 32]  # batching, as for embeddings
+    assert not encoder.dynamic_batching.HasField("default_queue_policy")  # none by default (docs/reliability.md)
     assert encoder.parameters["max_batch_tokens"].string_value == "16384"  # the token budget, as for embeddings
     assert json.loads((repo / f"{RERANKER}-encoder" / "parity.json").read_text())["max_abs_diff"] <= 1e-4
 
