@@ -104,6 +104,7 @@ class TraceReport:
     requests: int
     text: str
     rows: dict[str, dict[str, float]]
+    traced: list[TracedRequest] = field(default_factory=list, repr=False)  # the kept requests and their steps
 
 
 def run_trace(repository: Path, model: str, *, requests: int = 100, warmup: int = 10, text: str = "") -> TraceReport:
@@ -135,7 +136,7 @@ def run_trace(repository: Path, model: str, *, requests: int = 100, warmup: int 
     tops = sorted((r for r in traced if r.model == model and r.parent is None), key=lambda r: r.ns["REQUEST_START"])
     keep = {r.id for r in tops[warmup:]}
     kept = [r for r in traced if r.id in keep or r.parent in keep]
-    return TraceReport(model, requests, text, breakdown(kept, model, client_ms))
+    return TraceReport(model, requests, text, breakdown(kept, model, client_ms), kept)
 
 
 def format_table(report: TraceReport) -> str:
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(report))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(asdict(report), indent=2, ensure_ascii=False) + "\n")
+        summary = {key: value for key, value in asdict(report).items() if key != "traced"}
+        args.json.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return 0
 
 
