@@ -171,8 +171,8 @@ class TorchEngineSystem(System):
 
 
 class TritonSystem(System):
-    """Triton started on the repository, called with our gRPC clients (async for the runs, sync for the
-    side-by-side single queries)."""
+    """Triton started on the repository, called with the client library over `protocol` (async for the runs,
+    sync for the side-by-side single queries)."""
 
     protocol: Literal["grpc", "http"] = "grpc"
 
