@@ -187,6 +187,6 @@ def test_no_server_and_no_answer_map_to_typed_errors() -> None:
             finally:
                 await sender.close()
 
-        with pytest.raises(asyncio.TimeoutError) as late_aio:
+        with pytest.raises(TimeoutError) as late_aio:
             asyncio.run(late_async())
         assert isinstance(from_triton_exception(late_aio.value), RequestTimeout)

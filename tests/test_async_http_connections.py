@@ -1,0 +1,172 @@
+"""client/async_http_connections.py: the asyncio connection pool the client library's and the proxy's HTTP calls to
+Triton go through, against a scripted asyncio server (the real Triton paths: test_client_library.py's http modes
+and the proxy's suites)."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from bge_triton.client.async_http_connections import AsyncHttpConnections
+from bge_triton.client.errors import RequestTimeout, ServerUnavailable, from_triton_exception
+
+# (request body, the request's number on its connection from 1) -> (what to write back, close the connection after)
+Reply = Callable[[bytes, int], tuple[bytes, bool]]
+Run = Callable[[AsyncHttpConnections], Awaitable[None]]
+
+
+def ok(body: bytes, extra: str = "") -> bytes:
+    return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+def echo(body: bytes, _: int) -> tuple[bytes, bool]:
+    return ok(b"echo " + body), False
+
+
+def serve(reply: Reply, run: Run, timeout_s: float = 2.0) -> list[int]:
+    """Runs `run` against a server answering each request with `reply`; how many requests each connection carried."""
+    carried: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        carried.append(0)
+        me = len(carried) - 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                body = await reader.readexactly(length)
+                carried[me] += 1
+                answer, close = reply(body, carried[me])
+                writer.write(answer)
+                await writer.drain()
+                if close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        pool = AsyncHttpConnections("127.0.0.1", server.sockets[0].getsockname()[1], timeout_s=timeout_s)
+        try:
+            await run(pool)
+        finally:
+            pool.close()
+            server.close()
+
+    asyncio.run(main())
+    return carried
+
+
+def test_sequential_requests_share_one_kept_alive_connection_and_get_their_own_answers() -> None:
+    async def run(pool: AsyncHttpConnections) -> None:
+        for i in range(5):
+            answer = await pool.post("/v2/models/m/infer", f"q{i}".encode(), {"Content-Type": "x"})
+            assert (answer.status, answer.body) == (200, f"echo q{i}".encode())
+            assert answer.headers["content-length"] == str(len(answer.body))
+
+    assert serve(echo, run) == [5]
+
+
+def test_concurrent_requests_each_get_their_own_answer_on_their_own_connection() -> None:
+    bodies = [f"query {i}".encode() * (i + 1) for i in range(8)]
+
+    async def run(pool: AsyncHttpConnections) -> None:
+        for _ in range(2):  # the second time on the same 8 connections
+            answers = await asyncio.gather(*(pool.post("/p", body, {}) for body in bodies))
+            assert [a.body for a in answers] == [b"echo " + body for body in bodies]
+
+    assert serve(echo, run) == [2] * 8
+
+
+def test_chunked_and_error_answers_are_read_whole() -> None:
+    def reply(body: bytes, n: int) -> tuple[bytes, bool]:
+        if n == 1:
+            return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n", False
+        return ok(b'{"error":"unknown model"}').replace(b"200 OK", b"400 Bad Request"), False
+
+    async def run(pool: AsyncHttpConnections) -> None:
+        assert (await pool.post("/p", b"x", {})).body == b"abcdefg"
+        answer = await pool.post("/p", b"x", {})
+        assert (answer.status, answer.body) == (400, b'{"error":"unknown model"}')
+
+    assert serve(reply, run) == [2]
+
+
+def test_connection_close_answers_are_not_reused() -> None:
+    async def run(pool: AsyncHttpConnections) -> None:
+        for _ in range(3):
+            assert (await pool.post("/p", b"x", {})).body == b"bye"
+
+    assert serve(lambda body, n: (ok(b"bye", "Connection: close\r\n"), False), run) == [1, 1, 1]
+
+
+@pytest.mark.parametrize("pause_s", [0.0, 0.05])
+def test_a_connection_the_server_closed_unannounced_is_never_reused(pause_s: float) -> None:
+    """The server closes every connection after one answer, saying nothing: seen while idle (pause) the
+    connection is not handed out, seen only as the next request goes out (no pause) the request is sent again."""
+
+    async def run(pool: AsyncHttpConnections) -> None:
+        for _ in range(3):
+            assert (await pool.post("/p", b"x", {})).body == b"once"
+            await asyncio.sleep(pause_s)
+
+    assert serve(lambda body, n: (ok(b"once"), True), run) == [1, 1, 1]
+
+
+def test_a_request_the_server_drops_unanswered_is_sent_once_more_on_a_new_connection() -> None:
+    # each connection answers its first request and closes on its second, answering nothing (a restart, an idle
+    # timeout racing the request)
+    async def run(pool: AsyncHttpConnections) -> None:
+        for _ in range(3):
+            assert (await pool.post("/p", b"x", {})).body == b"first"
+
+    assert serve(lambda body, n: (ok(b"first"), False) if n == 1 else (b"", True), run) == [2, 2, 1]
+
+
+def test_an_answer_cut_off_midway_is_an_error_and_not_sent_again() -> None:
+    partial = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b"
+
+    async def closed(pool: AsyncHttpConnections) -> None:
+        with pytest.raises(ConnectionError) as broken:
+            await pool.post("/p", b"x", {})
+        assert isinstance(from_triton_exception(broken.value), ServerUnavailable)
+
+    async def hangs(pool: AsyncHttpConnections) -> None:
+        with pytest.raises(TimeoutError) as late:
+            await pool.post("/p", b"x", {})
+        assert isinstance(from_triton_exception(late.value), RequestTimeout)
+        assert pool._idle == []
+
+    assert serve(lambda body, n: (partial, True), closed) == [1]
+    assert serve(lambda body, n: (partial, False), hangs, timeout_s=0.3) == [1]
+
+
+def test_a_malformed_answer_is_an_http_error_and_the_connection_dropped() -> None:
+    async def run(pool: AsyncHttpConnections) -> None:
+        with pytest.raises(http.client.HTTPException):
+            await pool.post("/p", b"x", {})
+        assert pool._idle == []
+
+    assert serve(lambda body, n: (b"NOT HTTP AT ALL\r\n\r\n", False), run) == [1]
+
+
+def test_no_server_is_a_connection_error() -> None:
+    async def refused() -> None:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        await AsyncHttpConnections("127.0.0.1", port, timeout_s=2).post("/p", b"x", {})
+
+    with pytest.raises(OSError) as raised:
+        asyncio.run(refused())
+    assert isinstance(from_triton_exception(raised.value), ServerUnavailable)
