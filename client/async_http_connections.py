@@ -48,6 +48,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.generation = 0
         self.closed = False
         self.keep_alive = False
         self._parser = httptools.HttpResponseParser(self)
@@ -91,11 +92,18 @@ class _Connection(asyncio.Protocol):
 
     # -- requests --------------------------------------------------------------------------------------
     def exchange(self, data: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[HttpAnswer]:
-        """Write one whole request; the future answers it."""
+        """Write one whole request; the future answers it. A connection the server already closed (its close
+        not yet delivered to `connection_lost`) raises `_AnswerBroken` with nothing sent."""
         assert self.transport is not None and self._waiter is None
+        if self.closed or self.transport.is_closing():
+            raise _AnswerBroken("the server closed the connection before the request went out", started=False)
         self._waiter = waiter = loop.create_future()
         self._started, self._headers, self._body = False, {}, []
-        self.transport.write(data)
+        try:
+            self.transport.write(data)
+        except RuntimeError as exc:  # uvloop: "unable to perform operation on <TCPTransport closed=True ...>"
+            self._waiter = None
+            raise _AnswerBroken(f"the connection closed before the request went out: {exc}", started=False) from exc
         return waiter
 
     def _fail(self, exc: Exception) -> None:
@@ -117,14 +125,11 @@ class AsyncHttpConnections:
         self.host, self.port, self.timeout_s = host, port, timeout_s
         self._authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._idle: list[_Connection] = []
-        self._closed = False
+        self._generation = 0  # a connection opened before the last reset() is not pooled again
 
     async def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> HttpAnswer:
         """POST `body` to `path` with `headers` (Host and Content-Length added); the whole answer, any status."""
-        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        data = (f"POST {path} HTTP/1.1\r\nHost: {self._authority}\r\n{head}Content-Length: {len(body)}\r\n\r\n").encode(
-            "latin-1"
-        ) + body
+        data = self._request("POST", path, body, headers)
         loop = asyncio.get_running_loop()
         connection = self._take_idle()
         if connection is not None:
@@ -136,6 +141,29 @@ class AsyncHttpConnections:
                 # closed by the server as the request went out: once more, on a new connection
         return await self._exchange(await self._open(loop), data, loop)
 
+    async def probe(self, path: str, timeout_s: float) -> HttpAnswer:
+        """GET `path` on a new connection, closed after the answer, all within `timeout_s` (a draining Triton
+        leaves a new connection unanswered)."""
+        loop = asyncio.get_running_loop()
+        data = self._request("GET", path, b"", {"Connection": "close"})
+        connection = await self._open(loop, timeout_s)
+        try:
+            return await self._exchange(connection, data, loop, timeout_s, pool=False)
+        finally:
+            connection.close()
+
+    def reset(self) -> None:
+        """Close the pooled connections now and the busy ones once their answer is in."""
+        self._generation += 1
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    def _request(self, method: str, path: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        start = f"{method} {path} HTTP/1.1\r\nHost: {self._authority}\r\n{head}Content-Length: {len(body)}\r\n\r\n"
+        return start.encode("latin-1") + body
+
     def _take_idle(self) -> _Connection | None:
         while self._idle:
             connection = self._idle.pop()
@@ -143,18 +171,31 @@ class AsyncHttpConnections:
                 return connection
         return None
 
-    async def _open(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+    async def _open(self, loop: asyncio.AbstractEventLoop, timeout_s: float | None = None) -> _Connection:
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(_Connection, self.host, self.port), self.timeout_s
-            )
+            _, connection = await asyncio.wait_for(loop.create_connection(_Connection, self.host, self.port), timeout_s)
         except asyncio.TimeoutError:
-            raise TimeoutError(f"no connection to {self._authority} within {self.timeout_s:g} s") from None
+            raise TimeoutError(f"no connection to {self._authority} within {timeout_s:g} s") from None
+        connection.generation = self._generation
         return connection
 
-    async def _exchange(self, connection: _Connection, data: bytes, loop: asyncio.AbstractEventLoop) -> HttpAnswer:
-        waiter = connection.exchange(data, loop)
-        timer = loop.call_later(self.timeout_s, _time_out, waiter, self.timeout_s)
+    async def _exchange(
+        self,
+        connection: _Connection,
+        data: bytes,
+        loop: asyncio.AbstractEventLoop,
+        timeout_s: float | None = None,
+        *,
+        pool: bool = True,
+    ) -> HttpAnswer:
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            waiter = connection.exchange(data, loop)
+        except BaseException:
+            connection.close()
+            raise
+        timer = loop.call_later(timeout_s, _time_out, waiter, timeout_s)
         try:
             answer = await waiter
         except BaseException:  # a timeout, a broken or unreadable answer, a cancelled caller: not reusable
@@ -162,7 +203,7 @@ class AsyncHttpConnections:
             raise
         finally:
             timer.cancel()
-        if connection.keep_alive and not connection.closed and not self._closed:
+        if pool and connection.generation == self._generation and connection.keep_alive and not connection.closed:
             self._idle.append(connection)
         else:
             connection.close()
@@ -170,10 +211,7 @@ class AsyncHttpConnections:
 
     def close(self) -> None:
         """Close the idle connections; busy ones close when their answer is in."""
-        self._closed = True
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            connection.close()
+        self.reset()
 
 
 def _time_out(waiter: asyncio.Future[HttpAnswer], timeout_s: float) -> None:

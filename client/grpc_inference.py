@@ -72,5 +72,12 @@ class AsyncGrpcSender:
     async def __call__(self, request: service_pb2.ModelInferRequest) -> InferResult:
         return InferResult(await self._stub.ModelInfer(request, timeout=self.timeout_s))
 
+    async def model_ready(self, model: str) -> bool:
+        answer = await self._stub.ModelReady(service_pb2.ModelReadyRequest(name=model), timeout=self.timeout_s)
+        return bool(answer.ready)
+
+    def reset(self) -> None:
+        """Nothing to close: a Triton shutting down ends its gRPC calls itself (AsyncHttpSender.reset)."""
+
     async def close(self) -> None:
         await self._channel.close()

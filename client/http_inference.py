@@ -33,6 +33,7 @@ from .async_http_connections import AsyncHttpConnections
 from .raw_tensors import raw_contents
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+READY_PROBE_S = 2.0  # a Triton that leaves a new connection unanswered this long is not ready (it may be draining)
 _HEADERS = {"Content-Type": "application/octet-stream"}
 # What a kept-alive connection raises when the server closed it while it sat idle.
 _STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
@@ -171,6 +172,18 @@ class AsyncHttpSender:
         return read_answer(
             answer.status, headers.get("inference-header-content-length"), headers.get("content-encoding"), answer.body
         )
+
+    async def model_ready(self, model: str) -> bool:
+        """Triton's answer on a connection of its own within READY_PROBE_S: a Triton shutting down leaves it
+        unanswered while it still answers READY on the kept-alive ones."""
+        answer = await self._connections.probe(
+            f"/v2/models/{quote(model, safe='')}/ready", min(self.timeout_s, READY_PROBE_S)
+        )
+        return answer.status == 200
+
+    def reset(self) -> None:
+        """Close the kept-alive connections (a Triton shutting down waits for them until its exit timeout)."""
+        self._connections.reset()
 
     async def close(self) -> None:
         self._connections.close()

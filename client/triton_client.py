@@ -317,13 +317,29 @@ class _Transport:
     def infer_message(self, request: Any) -> Any:
         """A built request (a ModelInferRequest, an HttpInferRequest) sent by this transport's sender;
         tritonclient's InferResult back."""
+        return self.sender()(request)
+
+    def sender(self) -> Any:
+        """The sender of the embedding calls (grpc_inference.py, http_inference.py), made on first use."""
         sender = self._sender
         if sender is None:
             with self._lock:
                 if self._sender is None:
                     self._sender = self._sender_factory()
                 sender = self._sender
-        return sender(request)
+        return sender
+
+    def drop_connections(self) -> list[Any]:
+        """Close tritonclient's shared client (made again on next use) and the sender's kept-alive connections;
+        what the client's close() returned (a coroutine for asyncio)."""
+        with self._lock:
+            shared, self._shared = self._shared, None
+            if shared is not None:
+                self._clients.remove(shared)
+            sender = self._sender
+        if sender is not None:
+            sender.reset()
+        return [shared.close()] if shared is not None else []
 
     def close(self) -> list[Any]:
         """Closes every client; returns what their close() returned (coroutines for asyncio)."""
@@ -919,6 +935,10 @@ class EmbeddingClient(_ClientBase):
         self.close()
 
 
+# Connections being closed in the background (kept here so that the tasks are not collected before they ran).
+_CLOSING: set[asyncio.Future[Any]] = set()
+
+
 class AsyncEmbeddingClient(_ClientBase):
     """`EmbeddingClient` for asyncio: the same API as coroutines, requests bounded by a semaphore.
 
@@ -967,13 +987,23 @@ class AsyncEmbeddingClient(_ClientBase):
             return None
 
     async def is_ready(self) -> bool:
+        """Whether the model is READY, asked through the embedding calls' own sender: over HTTP on a new
+        connection, which a Triton shutting down leaves unanswered while it still answers READY on kept-alive
+        ones. A failed check drops the kept-alive connections, so that such a Triton can finish (it waits for
+        them until its exit timeout) and the next call finds out where Triton is now."""
         try:
             await self.connect()
             model = self._core.model
             assert model is not None
-            return bool(await self._call(lambda: self._transport.model_ready(model), retry=False))
+            return bool(await self._call(lambda: self._transport.sender().model_ready(model), retry=False))
         except EmbeddingError:
+            await asyncio.gather(*self._transport.drop_connections(), return_exceptions=True)
             return False
+        except asyncio.CancelledError:  # the caller's deadline (the proxy's /ready) passed first
+            closing = asyncio.ensure_future(asyncio.gather(*self._transport.drop_connections(), return_exceptions=True))
+            _CLOSING.add(closing)
+            closing.add_done_callback(_CLOSING.discard)
+            raise
 
     # -- embedding ---------------------------------------------------------------------------
     async def embed(self, texts: str | Iterable[str], *, query: bool = False, truncate: bool = True) -> np.ndarray:

@@ -170,3 +170,48 @@ def test_no_server_is_a_connection_error() -> None:
     with pytest.raises(OSError) as raised:
         asyncio.run(refused())
     assert isinstance(from_triton_exception(raised.value), ServerUnavailable)
+
+
+def test_a_probe_asks_on_a_connection_of_its_own_and_reset_empties_the_pool() -> None:
+    async def run(pool: AsyncHttpConnections) -> None:
+        assert (await pool.post("/p", b"a", {})).body == b"echo a"  # pooled
+        probed = await pool.probe("/v2/models/m/ready", 1.0)  # a second connection, closed after its answer
+        assert (probed.status, probed.body) == (200, b"echo ")
+        assert len(pool._idle) == 1
+        busy = asyncio.ensure_future(pool.post("/p", b"b", {}))  # takes the pooled connection
+        await asyncio.sleep(0)
+        pool.reset()  # the busy connection is not pooled again once its answer is in
+        assert (await busy).body == b"echo b" and pool._idle == []
+        assert (await pool.post("/p", b"c", {})).body == b"echo c"  # a new connection
+
+    assert serve(echo, run) == [2, 1, 1]
+
+
+class _ClosedUnderIt:
+    """A pooled connection's transport as the event loop leaves it when the server reset the connection and
+    `connection_lost` has not run yet: closing (asyncio drops what is written), or already closed (uvloop raises)."""
+
+    def __init__(self, transport: asyncio.BaseTransport, raises: bool) -> None:
+        self.transport, self.raises = transport, raises
+
+    def is_closing(self) -> bool:
+        return not self.raises
+
+    def write(self, data: bytes) -> None:
+        if self.raises:
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["closing", "closed"])
+def test_a_pooled_connection_reset_under_it_is_replaced_not_an_error(raises: bool) -> None:
+    async def run(pool: AsyncHttpConnections) -> None:
+        assert (await pool.post("/p", b"a", {})).body == b"echo a"
+        (pooled,) = pool._idle
+        pooled.transport = _ClosedUnderIt(pooled.transport, raises)  # type: ignore[assignment, arg-type]
+        assert (await pool.post("/p", b"b", {})).body == b"echo b"  # at once, on a new connection
+        assert pooled.closed
+
+    assert serve(echo, run) == [1, 1]
