@@ -112,8 +112,8 @@ def run(
 
                 port = free_port()
                 process = _spawn(
-                    [sys.executable, "-m", "bge_triton", "serve-proxy", "--triton-url", options.grpc_url,
-                     "--port", str(port), "--no-cache"],
+                    [sys.executable, "-m", "bge_triton", "serve-proxy", "--triton-url", options.http_url,
+                     "--port", str(port), "--no-cache"],  # HTTP to Triton, as `bge-triton serve` wires it
                     Path(tmp) / "proxy.log",
                 )  # fmt: skip
                 closers.append(lambda: (process.terminate(), process.wait(30)))

@@ -253,7 +253,8 @@ class JsonOverHttp:
 
 
 class ProxySystem(JsonOverHttp, TritonSystem):
-    """Triton plus the OpenAI proxy, called over HTTP with base64 (what the openai SDK asks for)."""
+    """Triton plus the OpenAI proxy, called over HTTP with base64 (what the openai SDK asks for); the proxy talks
+    HTTP to Triton, as `bge-triton serve` wires it."""
 
     # The peers are compared on embedding work: repeated texts must reach Triton (cached: CachedProxySystem)
     cache_args: tuple[str, ...] = ("--no-cache",)
@@ -262,7 +263,7 @@ class ProxySystem(JsonOverHttp, TritonSystem):
         super().start()
         port = free_port()
         self.proxy = _spawn(
-            [sys.executable, "-m", "bge_triton", "serve-proxy", "--triton-url", self.options.grpc_url,
+            [sys.executable, "-m", "bge_triton", "serve-proxy", "--triton-url", self.options.http_url,
              "--port", str(port), "--max-in-flight", "1024", *self.cache_args],
             self.spec.work_dir / "proxy.log",
         )  # fmt: skip

@@ -333,8 +333,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="model repository (default: the embedded multilingual-e5-small, converted and exported on first run)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address Triton and the proxy bind (0.0.0.0: every interface)")
-    p.add_argument("--http-port", type=int, default=8000, help="Triton's HTTP port")
-    p.add_argument("--grpc-port", type=int, default=8001, help="Triton's gRPC port (the proxy's backend)")
+    p.add_argument("--http-port", type=int, default=8000, help="Triton's HTTP port (the proxy's backend)")
+    p.add_argument("--grpc-port", type=int, default=8001, help="Triton's gRPC port")
     p.add_argument("--metrics-port", type=int, default=8002, help="Triton's Prometheus metrics port")
     p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level (1: per request)")
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds Triton may take to load the models")
@@ -431,7 +431,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             from bge_triton.client.proxy.server import run_proxy
 
             run_proxy(
-                _proxy_settings(args, [o.grpc_url for o in replicas], "grpc", args.host),
+                # Over HTTP: the proxy's quickest link to Triton (docs/benchmarks.md, issue 19)
+                _proxy_settings(args, [f"{o.host}:{o.http_port}" for o in replicas], "http", args.host),
                 on_started=lambda: log.info(service_urls(args.host, args.proxy_port, triton_urls)),
             )
     finally:
@@ -451,9 +452,10 @@ def _add_serve_proxy(sub: argparse._SubParsersAction) -> None:
         "--triton-url",
         action="append",
         default=[],
-        help="Triton's gRPC (or HTTP) address, host:port (default 127.0.0.1:8001); repeat it, or separate "
-        "with commas, for replicas of the same repository: round-robin with failover; dns:HOST:PORT: every address "
-        "HOST resolves to (a Kubernetes headless Service), re-resolved every --triton-dns-refresh seconds",
+        help="Triton's gRPC address host:port (default 127.0.0.1:8001), or its HTTP address http://host:port "
+        "(the quicker link; default 127.0.0.1:8000 with --protocol http); repeat it, or separate with commas, for "
+        "replicas of the same repository: round-robin with failover; dns:HOST:PORT: every address HOST resolves "
+        "to (a Kubernetes headless Service), re-resolved every --triton-dns-refresh seconds",
     )
     p.add_argument(
         "--triton-dns-refresh",
@@ -461,7 +463,12 @@ def _add_serve_proxy(sub: argparse._SubParsersAction) -> None:
         default=10.0,
         help="seconds between re-resolutions of a dns:HOST:PORT --triton-url (replicas that appear or go)",
     )
-    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="how the proxy talks to Triton")
+    p.add_argument(
+        "--protocol",
+        choices=("grpc", "http"),
+        default=None,
+        help="how the proxy talks to Triton (default: the --triton-url scheme, http:// or grpc://; else grpc)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address the proxy binds (0.0.0.0: every interface)")
     _add_proxy_args(p, port_flag="--port")
     p.set_defaults(func=_cmd_serve_proxy)
@@ -470,10 +477,26 @@ def _add_serve_proxy(sub: argparse._SubParsersAction) -> None:
 def _cmd_serve_proxy(args: argparse.Namespace) -> int:
     from bge_triton.client.proxy.server import run_proxy
 
-    urls = [u.strip() for item in args.triton_url for u in item.split(",") if u.strip()] or ["127.0.0.1:8001"]
-    line = f"{service_urls(args.host, args.proxy_port)} (in front of Triton at {', '.join(urls)})"
-    run_proxy(_proxy_settings(args, urls, args.protocol, args.host), on_started=lambda: log.info(line))
+    urls = [u.strip() for item in args.triton_url for u in item.split(",") if u.strip()]
+    protocol = triton_protocol(urls, args.protocol)
+    urls = urls or [DEFAULT_TRITON_URLS[protocol]]
+    line = f"{service_urls(args.host, args.proxy_port)} (in front of Triton at {', '.join(urls)}, {protocol})"
+    run_proxy(_proxy_settings(args, urls, protocol, args.host), on_started=lambda: log.info(line))
     return 0
+
+
+DEFAULT_TRITON_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
+
+
+def triton_protocol(urls: list[str], given: str | None) -> str:
+    """How the proxy talks to Triton: `given` (--protocol), else what the URLs' scheme says (http:// or grpc://),
+    else gRPC. A scheme that contradicts --protocol, or URLs of both schemes, is a usage error."""
+    schemes = {scheme for url in urls for scheme in ("http", "grpc") if url.startswith(f"{scheme}://")}
+    if len(schemes) > 1:
+        raise SystemExit("error: --triton-url mixes http:// and grpc:// addresses; replicas share one protocol")
+    if given is not None and schemes and schemes != {given}:
+        raise SystemExit(f"error: --protocol {given} with a {schemes.pop()}:// --triton-url")
+    return given or (schemes.pop() if schemes else "grpc")
 
 
 def _add_bench_model(sub: argparse._SubParsersAction) -> None:

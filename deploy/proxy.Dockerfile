@@ -1,6 +1,6 @@
 # The OpenAI-compatible proxy alone, on a slim Python image (~300 MB; no torch, no onnxruntime).
 #   docker build -f deploy/proxy.Dockerfile -t bge-triton/proxy .
-#   docker run -p 8080:8080 bge-triton/proxy --triton-url=triton:8001
+#   docker run -p 8080:8080 bge-triton/proxy --triton-url=http://triton:8000
 FROM python:3.11-slim
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
@@ -19,4 +19,4 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/ready', timeout=2)"]
 ENTRYPOINT ["bge-triton", "serve-proxy", "--host=0.0.0.0", "--port=8080"]
-CMD ["--triton-url=triton:8001"]
+CMD ["--triton-url=http://triton:8000"]

@@ -27,7 +27,7 @@ TYPES = ("int8", "uint8", "binary", "ubinary")
 @pytest.fixture(scope="module")
 def proxy(triton: TritonOptions, spawn: Callable[..., Service]) -> Service:
     port = free_port()
-    return spawn(["serve-proxy", "--triton-url", triton.grpc_url, "--port", str(port)], port=port, ready_path="/ready")
+    return spawn(["serve-proxy", "--triton-url", triton.http_url, "--port", str(port)], port=port, ready_path="/ready")
 
 
 def _post(proxy: Service, **body: Any) -> dict[str, Any]:

@@ -54,7 +54,8 @@ def test_compose_exports_for_the_gpu_target_and_serves_that_repository() -> None
     assert proxy["build"]["dockerfile"] == "deploy/proxy.Dockerfile"
     assert proxy["deploy"]["replicas"] == "${PROXY_REPLICAS:-2}"
     args = build_parser().parse_args([*dockerfile_entrypoint(ROOT / "deploy/proxy.Dockerfile")[1:], *proxy["command"]])
-    assert (args.command, args.triton_url, args.host, args.proxy_port) == ("serve-proxy", ["lb:8001"], "0.0.0.0", 8080)
+    expected = ("serve-proxy", ["http://lb:8000"], "0.0.0.0", 8080)  # Triton over HTTP, through the balancer
+    assert (args.command, args.triton_url, args.host, args.proxy_port) == expected
     assert "/ready" in " ".join(proxy["healthcheck"]["test"])
     base = (ROOT / "deploy/triton.Dockerfile").read_text()
     assert "nvcr.io/nvidia/tritonserver:" in base and "tokenizers" in base  # the tokenizer model's import

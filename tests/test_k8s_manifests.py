@@ -216,11 +216,11 @@ def test_proxy_deployment_and_service() -> None:
     assert (args.host, args.proxy_port) == ("0.0.0.0", 8080)
     urls = args.triton_url if isinstance(args.triton_url, list) else [args.triton_url]  # repeatable or single
     (url,) = urls
-    # Every Triton pod through the headless Service (client-side round-robin), not one pinned gRPC channel.
-    assert parse_dns_url(url) == ("bge-triton-triton-headless", 8001)
+    # Every Triton pod through the headless Service (client-side round-robin), not pinned connections; over HTTP
+    assert parse_dns_url(url) == ("bge-triton-triton-headless", 8000) and args.protocol == "http"
     headless = _get("Service", "bge-triton-triton-headless")
     assert headless["spec"]["clusterIP"] == "None"
-    assert {p["port"]: p["targetPort"] for p in headless["spec"]["ports"]} == {8001: "grpc"}
+    assert {p["port"]: p["targetPort"] for p in headless["spec"]["ports"]} == {8000: "http", 8001: "grpc"}
     assert _selects("bge-triton-triton-headless", "bge-triton-triton")
     assert pod["terminationGracePeriodSeconds"] > args.grace_period >= 30
 

@@ -53,7 +53,7 @@ def cl100k_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def _start(spawn: Callable[..., Service], triton: TritonOptions, *extra: str) -> Service:
     port = free_port()
-    return spawn(["serve-proxy", "--triton-url", triton.grpc_url, "--port", str(port),
+    return spawn(["serve-proxy", "--triton-url", triton.http_url, "--port", str(port),
                   "--alias", f"{DEFAULT_OPENAI_MODEL}={BGE}", *extra], port=port)  # fmt: skip
 
 

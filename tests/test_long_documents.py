@@ -61,7 +61,7 @@ DOCUMENT = chinese_document(5000)
 def proxy(triton: TritonOptions, spawn: Callable[..., Service]) -> Service:
     port = free_port()
     return spawn(
-        ["serve-proxy", "--triton-url", triton.grpc_url, "--port", str(port), "--max-chunks", str(MAX_CHUNKS)],
+        ["serve-proxy", "--triton-url", triton.http_url, "--port", str(port), "--max-chunks", str(MAX_CHUNKS)],
         port=port, ready_path="/ready",
     )  # fmt: skip
 
@@ -213,7 +213,7 @@ def test_start_and_chunk_keep_the_query_instruction(
 ) -> None:
     """bge-zh's query instruction stays in front of the tail (START) and of every window (CHUNK)."""
     port = free_port()
-    bge = spawn(["serve-proxy", "--triton-url", two_model_triton.grpc_url, "--port", str(port)], port=port)
+    bge = spawn(["serve-proxy", "--triton-url", two_model_triton.http_url, "--port", str(port)], port=port)
     window = bge_reference.facts.max_tokens
     text = DOCUMENT[: 3 * window]
     instruction = len(bge_reference.tokenizer(BGE_INSTRUCTION, add_special_tokens=False)["input_ids"])

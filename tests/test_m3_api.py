@@ -32,8 +32,8 @@ WEIGHTS_BODY = {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}
 @pytest.fixture(scope="module")
 def m3_proxy(m3_triton: TritonOptions, spawn: Callable[..., Service]) -> Service:
     port = free_port()
-    return spawn(["serve-proxy", f"--triton-url=127.0.0.1:{m3_triton.grpc_port}", "--port", str(port)], port=port,
-                 ready_path="/ready")  # fmt: skip
+    return spawn(["serve-proxy", f"--triton-url=http://127.0.0.1:{m3_triton.http_port}", "--port", str(port)],
+                 port=port, ready_path="/ready")  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ MINILM = "all-MiniLM-L6-v2"
 def proxy(two_model_triton: TritonOptions, spawn: Callable[..., Service]) -> Service:
     port = free_port()
     return spawn(
-        ["serve-proxy", "--triton-url", two_model_triton.grpc_url, "--port", str(port),
+        ["serve-proxy", "--triton-url", two_model_triton.http_url, "--port", str(port),
          "--alias", f"text-embedding-3-small={MINILM}", "--max-inputs", "64", "--max-body-bytes", "1000000",
          "--token-ids", "model"],  # token ids are this model's vocabulary ids here
         port=port,

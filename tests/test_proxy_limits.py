@@ -34,7 +34,7 @@ MAX_CONNECTIONS = 48
 def proxy(triton: TritonOptions, spawn: Callable[..., Service]) -> Service:
     port = free_port()
     return spawn(
-        ["serve-proxy", "--triton-url", triton.grpc_url, "--port", str(port), "--token-ids", "model",
+        ["serve-proxy", "--triton-url", triton.http_url, "--port", str(port), "--token-ids", "model",
          "--body-timeout", str(BODY_TIMEOUT_S), "--header-timeout", str(HEADER_TIMEOUT_S),
          "--max-connections", str(MAX_CONNECTIONS), "--no-cache"],  # repeated probes must reach Triton
         port=port, ready_path="/ready",

@@ -50,7 +50,7 @@ def test_served_minilm_scores_the_published_english_stsb(
     triton: TritonOptions, spawn: Callable[..., Service], tmp_path: Path
 ) -> None:
     port = free_port()
-    proxy = spawn(["serve-proxy", f"--triton-url=127.0.0.1:{triton.grpc_port}", "--port", str(port)], port=port)
+    proxy = spawn(["serve-proxy", f"--triton-url=http://127.0.0.1:{triton.http_port}", "--port", str(port)], port=port)
     report = _eval(["--url", f"{proxy.url}/v1", "--task", "sts-en"], tmp_path / "minilm.json")
     task = report["tasks"]["sts-en"]
     assert task["counts"]["pairs"] == 1379

@@ -57,7 +57,7 @@ def test_sigkilled_replica_loses_no_request_and_rejoins(repository: Path, spawn:
         port=proxy_port, ready_path="/ready",
     )  # fmt: skip
     # /ready answers 200 once every model has one READY replica; the other joins when its start-up canary passes
-    both = [f"127.0.0.1:{grpc}", f"127.0.0.1:{grpc + 100}"]
+    both = [f"127.0.0.1:{http}", f"127.0.0.1:{http + 100}"]  # the proxy talks HTTP to its own Tritons
     deadline = time.monotonic() + 60
     while True:
         ready = httpx.get(f"{served.url}/ready", timeout=10).json()
@@ -86,4 +86,4 @@ def test_sigkilled_replica_loses_no_request_and_rejoins(repository: Path, spawn:
     assert set(statuses) == {200}, statuses  # zero failed requests at the client
     assert sum(statuses.values()) > 20
     log = served.log_text()
-    assert f"Triton replica 127.0.0.1:{grpc + 100} failed" in log and "tritonserver restarted and ready" in log
+    assert f"Triton replica 127.0.0.1:{http + 100} failed" in log and "tritonserver restarted and ready" in log

@@ -77,7 +77,7 @@ def client(rerank_triton: TritonOptions) -> Iterator[RerankClient]:
 @pytest.fixture(scope="module")
 def proxy(rerank_triton: TritonOptions, spawn: Callable[..., Service]) -> Service:
     port = free_port()
-    return spawn(["serve-proxy", f"--triton-url=127.0.0.1:{rerank_triton.grpc_port}", "--port", str(port),
+    return spawn(["serve-proxy", f"--triton-url=http://127.0.0.1:{rerank_triton.http_port}", "--port", str(port),
                   "--max-inputs", "1500"], port=port, ready_path="/ready")  # fmt: skip
 
 

@@ -26,7 +26,7 @@ TAIL = "the quick brown fox jumps over the lazy dog at the very end"
 @pytest.fixture(scope="module")
 def proxy(triton: TritonOptions, spawn: Callable[..., Service]) -> Service:
     port = free_port()
-    return spawn(["serve-proxy", "--triton-url", triton.grpc_url, "--port", str(port)], port=port, ready_path="/ready")
+    return spawn(["serve-proxy", "--triton-url", triton.http_url, "--port", str(port)], port=port, ready_path="/ready")
 
 
 def _post(proxy: Service, path: str, body: object) -> httpx.Response:

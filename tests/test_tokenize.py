@@ -35,7 +35,7 @@ def hf_tokenizer() -> Any:
 @pytest.fixture(scope="module")
 def proxy(triton: TritonOptions, spawn: Callable[..., Service]) -> Service:
     port = free_port()
-    return spawn(["serve-proxy", "--triton-url", triton.grpc_url, "--port", str(port)], port=port, ready_path="/ready")
+    return spawn(["serve-proxy", "--triton-url", triton.http_url, "--port", str(port)], port=port, ready_path="/ready")
 
 
 def _tokenize(proxy: Service, body: dict[str, Any]) -> httpx.Response:

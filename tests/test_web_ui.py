@@ -44,7 +44,7 @@ pytestmark = pytest.mark.skipif(
 # -- services and browser ---------------------------------------------------------------------------------------
 def _proxy(spawn: Callable[..., Service], triton: TritonOptions, *extra: str) -> Service:
     port = free_port()
-    return spawn(["serve-proxy", "--triton-url", triton.grpc_url, "--port", str(port), *extra], port=port,
+    return spawn(["serve-proxy", "--triton-url", triton.http_url, "--port", str(port), *extra], port=port,
                  ready_path="/health")  # fmt: skip
 
 
