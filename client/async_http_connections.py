@@ -2,11 +2,13 @@
 answers httptools parses (the C parser uvicorn serves the proxy with).
 
 Why not aiohttp (issue 19): for one short RAG query through the proxy, aiohttp's request machinery (its client
-session, connector, response and stream objects per call) cost 1.45 ms of CPU per call to Triton on this
-project's 2-core VM, more than grpc.aio (1.34 ms); a request written straight to a kept-alive transport and its
-answer parsed by httptools cost 0.70 ms, and answered the same query 0.8 ms sooner
-(bench/results/2026-12-02-issue19-async-triton-calls.json). Triton's infer answer is one small message with a
-Content-Length, so a connection holds one request at a time and the pool hands out idle ones, newest first.
+session, connector, response and stream objects per call) cost 1.28 ms of CPU per call to Triton on this
+project's 2-core VM, as much as grpc.aio (1.25 ms; 1.11 without gRPC's retry machinery); a request written
+straight to a kept-alive transport and its answer parsed by httptools cost 0.69 ms, and answered the same query
+0.75 ms sooner than grpc.aio, 0.53 ms sooner than grpc.aio without retries
+(bench/results/2026-12-02-issue19-async-triton-calls.json, 400 paired rounds). Triton's infer answer is one small
+message with a Content-Length, so a connection holds one request at a time and the pool hands out idle ones,
+newest first.
 
 What the pool does for the caller: a connection the server closed while it sat idle (a Triton restart, an idle
 timeout) is noticed (`connection_lost`) and never handed out; one that closes just as a request is written is

@@ -11,8 +11,8 @@ stub on this project's 2-core VM (bench/results/2026-12-02-issue19-http-vs-grpc.
   tritonclient's `InferenceServerException` with Triton's message and the HTTP status, as tritonclient does, so
   `errors.from_triton_exception` maps both paths the same way;
 - `HttpSender` (sync) keeps one `http.client` connection per thread; `AsyncHttpSender` a pool of asyncio
-  connections whose answers httptools parses (async_http_connections.py: 0.7 ms of CPU per call where aiohttp
-  took 1.45). A kept-alive connection the server closed while idle (a Triton restart) is reopened once at
+  connections whose answers httptools parses (async_http_connections.py: 0.69 ms of CPU per call where aiohttp
+  took 1.28). A kept-alive connection the server closed while idle (a Triton restart) is reopened once at
   once: an embedding request has no side effects, so sending it again is safe.
 """
 
