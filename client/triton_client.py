@@ -3,7 +3,7 @@
 `EmbeddingClient` (threads) and `AsyncEmbeddingClient` (asyncio) share everything but the I/O:
 `_ClientCore` validates and prefixes the inputs, cuts them into requests of the model's
 `max_batch_size` (similar lengths together, to spare the server padding), puts the answers back
-in input order and maps failures to `errors`; `_Transport` is the thin layer that calls
+in input order and maps failures to `errors`; `Transport` (triton_transport.py) is the thin layer that calls
 tritonclient, whose sync and asyncio clients have the same method names (the asyncio ones return
 coroutines, which the async client awaits).
 
@@ -60,6 +60,7 @@ from .m3_scoring import (
     score_passages,
     sparse_rows,
 )
+from .triton_transport import Transport
 
 TransportProtocol = Literal["grpc", "http"]
 PROTOCOLS: tuple[str, ...] = ("grpc", "http")
@@ -250,116 +251,6 @@ class _Plan:
     outputs: tuple[str, ...] = OUTPUT_NAMES
 
 
-class _Transport:
-    """The thin I/O layer: one tritonclient client (or one per thread) for the metadata, readiness and
-    tokenize calls, and a sender of its own (grpc_inference.py / http_inference.py) for the embedding
-    calls. Each method returns tritonclient's answer as is: a value for the sync clients, a coroutine
-    for the asyncio ones."""
-
-    def __init__(
-        self,
-        factory: Callable[[], Any],
-        *,
-        grpc: bool,
-        timeout_s: float,
-        gevent: bool = False,
-        sender_factory: Callable[[], Any],
-    ) -> None:
-        self._factory = factory
-        # The embedding calls' own sender (grpc_inference.py / http_inference.py), made on first use like the
-        # client: a callable taking a built request, with a close().
-        self._sender_factory = sender_factory
-        self._sender: Any = None
-        # gRPC takes a deadline per call and answers protobuf messages unless asked for JSON; the
-        # HTTP clients got their timeouts when they were made and answer JSON.
-        self._timeout: dict[str, Any] = {"client_timeout": timeout_s} if grpc else {}
-        self._json: dict[str, Any] = {"as_json": True, **self._timeout} if grpc else {}
-        # The sync HTTP client runs on gevent, whose sockets belong to the thread (hub) that made
-        # them: such clients are made one per thread.
-        self._gevent = gevent
-        self._local = threading.local()
-        self._shared: Any = None
-        self._clients: list[Any] = []
-        self._hubs: list[tuple[threading.Thread, Any]] = []
-        self._lock = threading.Lock()
-
-    @property
-    def client(self) -> Any:
-        if not self._gevent:
-            if self._shared is None:
-                with self._lock:
-                    if self._shared is None:
-                        self._shared = self._factory()
-                        self._clients.append(self._shared)
-            return self._shared
-        client = getattr(self._local, "client", None)
-        if client is None:
-            import gevent
-
-            client = self._local.client = self._factory()
-            with self._lock:
-                self._clients.append(client)
-                self._hubs.append((threading.current_thread(), gevent.get_hub()))
-        return client
-
-    def repository_index(self) -> Any:
-        return self.client.get_model_repository_index(**self._json)
-
-    def model_config(self, model: str) -> Any:
-        return self.client.get_model_config(model, **self._json)
-
-    def model_ready(self, model: str) -> Any:
-        return self.client.is_model_ready(model, **self._timeout)
-
-    def infer(self, model: str, inputs: list[Any], outputs: list[Any]) -> Any:
-        return self.client.infer(model, inputs, outputs=outputs, **self._timeout)
-
-    def infer_message(self, request: Any) -> Any:
-        """A built request (a ModelInferRequest, an HttpInferRequest) sent by this transport's sender;
-        tritonclient's InferResult back."""
-        return self.sender()(request)
-
-    def sender(self) -> Any:
-        """The sender of the embedding calls (grpc_inference.py, http_inference.py), made on first use."""
-        sender = self._sender
-        if sender is None:
-            with self._lock:
-                if self._sender is None:
-                    self._sender = self._sender_factory()
-                sender = self._sender
-        return sender
-
-    def drop_connections(self) -> list[Any]:
-        """Close tritonclient's shared client (made again on next use) and the sender's kept-alive connections;
-        what the client's close() returned (a coroutine for asyncio)."""
-        with self._lock:
-            shared, self._shared = self._shared, None
-            if shared is not None:
-                self._clients.remove(shared)
-            sender = self._sender
-        if sender is not None:
-            sender.reset()
-        return [shared.close()] if shared is not None else []
-
-    def close(self) -> list[Any]:
-        """Closes every client; returns what their close() returned (coroutines for asyncio)."""
-        with self._lock:
-            clients, self._clients = self._clients, []
-            hubs, self._hubs = self._hubs, []
-            self._shared = None
-            self._local = threading.local()
-            sender, self._sender = self._sender, None
-        closed = [client.close() for client in clients]
-        if sender is not None:
-            closed.append(sender.close())  # a coroutine for the asyncio senders
-        # The gevent hub of a thread that has exited (the sync client's pool threads, joined before
-        # this) would keep its event loop's file descriptors: destroy it.
-        for thread, hub in hubs:
-            if not thread.is_alive():
-                hub.destroy()
-        return closed
-
-
 class _ClientCore:
     """Everything the sync and asyncio clients share: settings, model resolution, request
     building, result assembly and the retry schedule."""
@@ -404,18 +295,18 @@ class _ClientCore:
         return module
 
     # -- transports ----------------------------------------------------------------------------
-    def sync_transport(self) -> _Transport:
+    def sync_transport(self) -> Transport:
         url, timeout = self.url, self.timeout_s
         if self.protocol == "grpc":
             import tritonclient.grpc as grpc_client
 
-            return _Transport(
+            return Transport(
                 lambda: grpc_client.InferenceServerClient(url), grpc=True, timeout_s=timeout,
                 sender_factory=lambda: GrpcSender(url, timeout),
             )  # fmt: skip
         import tritonclient.http as http_client
 
-        return _Transport(
+        return Transport(
             lambda: http_client.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout),
             grpc=False,
             timeout_s=timeout,
@@ -423,19 +314,19 @@ class _ClientCore:
             sender_factory=lambda: HttpSender(url, timeout),
         )
 
-    def async_transport(self) -> _Transport:
+    def async_transport(self) -> Transport:
         # Made on first use, inside the event loop (aiohttp and grpc.aio bind to the running loop).
         url, timeout = self.url, self.timeout_s
         if self.protocol == "grpc":
             import tritonclient.grpc.aio as aio_grpc
 
-            return _Transport(
+            return Transport(
                 lambda: aio_grpc.InferenceServerClient(url), grpc=True, timeout_s=timeout,
                 sender_factory=lambda: AsyncGrpcSender(url, timeout),
             )  # fmt: skip
         import tritonclient.http.aio as aio_http
 
-        return _Transport(
+        return Transport(
             lambda: aio_http.InferenceServerClient(url, conn_timeout=timeout), grpc=False, timeout_s=timeout,
             sender_factory=lambda: AsyncHttpSender(url, timeout),
         )  # fmt: skip
@@ -559,7 +450,7 @@ class _ClientCore:
         return _Plan(tokenize, plan.input_name, plan.datatype, plan.chunks, plan.order, TOKENIZE_OUTPUTS)
 
     def tokenize_call(
-        self, transport: _Transport, plan: _Plan, chunk: np.ndarray, *, add_special_tokens: bool
+        self, transport: Transport, plan: _Plan, chunk: np.ndarray, *, add_special_tokens: bool
     ) -> Callable[[], Any]:
         """`infer_call` for the tokenize model, with ADD_SPECIAL_TOKENS when it is not the default."""
         if add_special_tokens:
@@ -644,7 +535,7 @@ class _ClientCore:
         for start in range(0, len(items), self.max_batch_size):
             yield items[start : start + self.max_batch_size]
 
-    def infer_call(self, transport: _Transport, plan: _Plan, chunk: np.ndarray) -> Callable[[], Any]:
+    def infer_call(self, transport: Transport, plan: _Plan, chunk: np.ndarray) -> Callable[[], Any]:
         """The (retryable) inference call for one chunk of a plan."""
         wire = grpc_inference if self.protocol == "grpc" else http_inference
         message = wire.infer_request(plan.model, plan.input_name, plan.datatype, chunk, plan.outputs)
@@ -707,7 +598,7 @@ class _ClientCore:
 class _ClientBase:
     """Settings and the model's facts, common to both clients."""
 
-    _transport: _Transport
+    _transport: Transport
 
     def __init__(
         self,
