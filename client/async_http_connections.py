@@ -5,7 +5,7 @@ Why not aiohttp (issue 19): for one short RAG query through the proxy, aiohttp's
 session, connector, response and stream objects per call) cost 1.28 ms of CPU per call to Triton on this
 project's 2-core VM, as much as grpc.aio (1.25 ms; 1.11 without gRPC's retry machinery); a request written
 straight to a kept-alive transport and its answer parsed by httptools cost 0.69 ms, and answered the same query
-0.75 ms sooner than grpc.aio, 0.53 ms sooner than grpc.aio without retries
+0.75 ms sooner than grpc.aio (about 0.5 ms sooner than grpc.aio without retries)
 (bench/results/2026-12-02-issue19-async-triton-calls.json, 400 paired rounds). Triton's infer answer is one small
 message with a Content-Length, so a connection holds one request at a time and the pool hands out idle ones,
 newest first.
@@ -144,8 +144,8 @@ class AsyncHttpConnections:
         return await self._exchange(await self._open(loop), data, loop)
 
     async def probe(self, path: str, timeout_s: float) -> HttpAnswer:
-        """GET `path` on a new connection, closed after the answer, all within `timeout_s` (a draining Triton
-        leaves a new connection unanswered)."""
+        """GET `path` on a new connection, closed after the answer; connecting and the answer each within
+        `timeout_s` (a draining Triton leaves a new connection unanswered)."""
         loop = asyncio.get_running_loop()
         data = self._request("GET", path, b"", {"Connection": "close"})
         connection = await self._open(loop, timeout_s)

@@ -22,9 +22,9 @@ from .raw_tensors import raw_contents
 # What tritonclient's clients allow (its MAX_GRPC_MESSAGE_SIZE): ColBERT vectors of a full batch pass 4 MB.
 MAX_MESSAGE_BYTES = 2**31 - 1
 # No retry machinery in the channel: Triton's service config sets no retry policy, and the machinery cost 0.11-0.15 ms
-# of CPU and ~0.2 ms of a single query per call (sync and grpc.aio, bench/results/2026-12-02-issue19-grpc-channel-
-# options.json and -async-triton-calls.json). A call that fails
-# before it reached the server (gRPC's transparent retry) is ServerUnavailable, which the client retries itself.
+# of CPU and ~0.2 ms of a single query per call, sync and grpc.aio (bench/results/2026-12-02-issue19-grpc-channel-
+# options.json, -async-triton-calls.json). A call that fails before it reached the server (what gRPC's transparent
+# retry covered) is ServerUnavailable, which the client retries itself.
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

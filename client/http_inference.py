@@ -170,7 +170,7 @@ class AsyncHttpSender:
         answer = await self._connections.post(request.path, request.body, _headers(request))
         headers = answer.headers
         return read_answer(
-            answer.status, headers.get("inference-header-content-length"), headers.get("content-encoding"), answer.body
+            answer.status, headers.get(HEADER_LENGTH.lower()), headers.get("content-encoding"), answer.body
         )
 
     async def model_ready(self, model: str) -> bool:
