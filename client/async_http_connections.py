@@ -25,24 +25,7 @@ from collections.abc import Mapping
 
 import httptools
 
-
-class _AnswerBroken(ConnectionError):
-    """The connection closed before a whole answer came back; `started` says whether any of it had."""
-
-    def __init__(self, message: str, started: bool) -> None:
-        super().__init__(message)
-        self.started = started
-
-
-class HttpAnswer:
-    """One HTTP answer: the status, the headers (names lower-cased) and the body."""
-
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
+from .http_connection import AnswerBroken, HttpAnswer, authority, request_bytes
 
 
 class _Connection(asyncio.Protocol):
@@ -76,14 +59,20 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         detail = f": {exc}" if exc else ""
-        self._fail(_AnswerBroken(f"the server closed the connection{detail}", self._started))
+        self._fail(AnswerBroken(f"the server closed the connection{detail}", self._started))
 
-    # -- httptools callbacks -------------------------------------------------------------------------
+    # -- httptools callbacks (after the answer is delivered, the waiter is gone) -----------------------------
+    def on_message_begin(self) -> None:
+        if self._waiter is None:  # a second answer in the same read (a server's 408 before it closes): untrusted
+            self.close()
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        if self._waiter is not None:
+            self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
+        if self._waiter is not None:
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -95,17 +84,17 @@ class _Connection(asyncio.Protocol):
     # -- requests --------------------------------------------------------------------------------------
     def exchange(self, data: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[HttpAnswer]:
         """Write one whole request; the future answers it. A connection the server already closed (its close
-        not yet delivered to `connection_lost`) raises `_AnswerBroken` with nothing sent."""
+        not yet delivered to `connection_lost`) raises `AnswerBroken` with nothing sent."""
         assert self.transport is not None and self._waiter is None
         if self.closed or self.transport.is_closing():
-            raise _AnswerBroken("the server closed the connection before the request went out", started=False)
+            raise AnswerBroken("the server closed the connection before the request went out", started=False)
         self._waiter = waiter = loop.create_future()
         self._started, self._headers, self._body = False, {}, []
         try:
             self.transport.write(data)
         except RuntimeError as exc:  # uvloop: "unable to perform operation on <TCPTransport closed=True ...>"
             self._waiter = None
-            raise _AnswerBroken(f"the connection closed before the request went out: {exc}", started=False) from exc
+            raise AnswerBroken(f"the connection closed before the request went out: {exc}", started=False) from exc
         return waiter
 
     def _fail(self, exc: Exception) -> None:
@@ -125,7 +114,7 @@ class AsyncHttpConnections:
 
     def __init__(self, host: str, port: int, timeout_s: float) -> None:
         self.host, self.port, self.timeout_s = host, port, timeout_s
-        self._authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._authority = authority(host, port)
         self._idle: list[_Connection] = []
         self._generation = 0  # a connection opened before the last reset() is not pooled again
 
@@ -137,7 +126,7 @@ class AsyncHttpConnections:
         if connection is not None:
             try:
                 return await self._exchange(connection, data, loop)
-            except _AnswerBroken as exc:
+            except AnswerBroken as exc:
                 if exc.started:
                     raise
                 # closed by the server as the request went out: once more, on a new connection
@@ -162,9 +151,7 @@ class AsyncHttpConnections:
             connection.close()
 
     def _request(self, method: str, path: str, body: bytes, headers: Mapping[str, str]) -> bytes:
-        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        start = f"{method} {path} HTTP/1.1\r\nHost: {self._authority}\r\n{head}Content-Length: {len(body)}\r\n\r\n"
-        return start.encode("latin-1") + body
+        return request_bytes(method, path, self._authority, body, headers)
 
     def _take_idle(self) -> _Connection | None:
         while self._idle:

@@ -10,10 +10,11 @@ stub on this project's 2-core VM (bench/results/2026-12-02-issue19-http-vs-grpc.
 - the answer is read by tritonclient's own `InferResult.from_response_body`, and a non-200 answer raises
   tritonclient's `InferenceServerException` with Triton's message and the HTTP status, as tritonclient does, so
   `errors.from_triton_exception` maps both paths the same way;
-- `HttpSender` (sync) keeps one `http.client` connection per thread; `AsyncHttpSender` a pool of asyncio
-  connections whose answers httptools parses (async_http_connections.py: 0.69 ms of CPU per call where aiohttp
-  took 1.28). A kept-alive connection the server closed while idle (a Triton restart) is reopened once at
-  once: an embedding request has no side effects, so sending it again is safe.
+- `HttpSender` (sync) keeps one kept-alive socket per thread (http_connection.py: ~0.2 ms of CPU per call where
+  `http.client` took ~0.6); `AsyncHttpSender` a pool of asyncio connections (async_http_connections.py: 0.69 ms
+  of CPU per call where aiohttp took 1.28); httptools parses both. A kept-alive connection the server closed
+  while idle (a Triton restart) is opened again at once: an embedding request has no side effects, so sending it
+  again is safe.
 """
 
 from __future__ import annotations
@@ -30,13 +31,12 @@ from tritonclient.http import InferResult
 from tritonclient.utils import InferenceServerException
 
 from .async_http_connections import AsyncHttpConnections
+from .http_connection import HttpConnection
 from .raw_tensors import raw_contents
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 READY_PROBE_S = 2.0  # a Triton that leaves a new connection unanswered this long is not ready (it may be draining)
 _HEADERS = {"Content-Type": "application/octet-stream"}
-# What a kept-alive connection raises when the server closed it while it sat idle.
-_STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 @dataclass(frozen=True)
@@ -104,50 +104,28 @@ def _host_port(url: str) -> tuple[str, int | None]:
 
 
 class HttpSender:
-    """Sends HttpInferRequests from any thread, on one kept-alive `http.client` connection per thread."""
+    """Sends HttpInferRequests from any thread, on one kept-alive connection (http_connection.py) per thread."""
 
     def __init__(self, url: str, timeout_s: float) -> None:
         self.host, self.port = _host_port(url)
         self.timeout_s = timeout_s
         self._local = threading.local()
-        self._connections: list[http.client.HTTPConnection] = []
+        self._connections: list[HttpConnection] = []
         self._lock = threading.Lock()
 
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        """This thread's connection, and whether it has carried a request before."""
+    def _connection(self) -> HttpConnection:
         connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            return connection, True
-        connection = self._local.connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
-        with self._lock:
-            self._connections.append(connection)
-        return connection, False
-
-    def _drop(self, connection: http.client.HTTPConnection) -> None:
-        connection.close()
-        self._local.connection = None
-        with self._lock:
-            if connection in self._connections:
-                self._connections.remove(connection)
+        if connection is None:
+            connection = self._local.connection = HttpConnection(self.host, self.port or 80, self.timeout_s)
+            with self._lock:
+                self._connections.append(connection)
+        return connection
 
     def __call__(self, request: HttpInferRequest) -> InferResult:
-        connection, reused = self._connection()
-        try:
-            connection.request("POST", request.path, request.body, _headers(request))
-            response = connection.getresponse()
-            body = response.read()
-        except _STALE_CONNECTION:
-            self._drop(connection)
-            if not reused:
-                raise
-            return self(request)  # once, on a new connection: this one was closed while idle
-        except BaseException:
-            self._drop(connection)  # a timeout or an error mid-answer leaves the connection unusable
-            raise
-        if response.will_close:
-            self._drop(connection)
+        answer = self._connection().post(request.path, request.body, _headers(request))
+        headers = answer.headers
         return read_answer(
-            response.status, response.getheader(HEADER_LENGTH), response.getheader("Content-Encoding"), body
+            answer.status, headers.get(HEADER_LENGTH.lower()), headers.get("content-encoding"), answer.body
         )
 
     def close(self) -> None:

@@ -215,3 +215,19 @@ def test_a_pooled_connection_reset_under_it_is_replaced_not_an_error(raises: boo
         assert pooled.closed
 
     assert serve(echo, run) == [1, 1]
+
+
+@pytest.mark.parametrize("pause_s", [0.0, 0.05])
+def test_an_answer_nobody_asked_for_is_never_read_as_the_next_one(pause_s: float) -> None:
+    """After its answer the server writes a 408 of its own (as servers do on an idle timeout), in the same write
+    and before it closes: the first answer stands as sent, the next request gets its own answer."""
+    stray = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nX-Stray: 1\r\n\r\n"
+
+    async def run(pool: AsyncHttpConnections) -> None:
+        for i in range(3):
+            answer = await pool.post("/p", f"q{i}".encode(), {})
+            assert (answer.status, answer.body) == (200, f"echo q{i}".encode())
+            assert "x-stray" not in answer.headers
+            await asyncio.sleep(pause_s)
+
+    assert serve(lambda body, n: (ok(b"echo " + body) + stray, False), run) == [1, 1, 1]

@@ -142,7 +142,7 @@ def test_sync_sender_answers_every_call_and_reopens_a_closed_connection(mode: st
             assert np.array_equal(sender(_request()).as_numpy("EMBEDDING"), VECTOR)  # type: ignore[arg-type]
         assert answered == [("/v2/models/m/infer", _request().header_length)] * 3  # type: ignore[attr-defined]
         # one connection held at a time: the closed one was dropped, not leaked
-        assert len(sender._connections) == 1
+        assert [c.is_open for c in sender._connections] == [True]
         sender.close()
         assert sender._connections == []
 
@@ -178,7 +178,7 @@ def test_no_server_and_no_answer_map_to_typed_errors() -> None:
         with pytest.raises(TimeoutError) as late:
             sender(_request())  # type: ignore[arg-type]
         assert isinstance(from_triton_exception(late.value), RequestTimeout)
-        assert sender._connections == []  # a connection left mid-answer is not reused
+        assert [c.is_open for c in sender._connections] == [False]  # a connection left mid-answer is not reused
 
         async def late_async() -> None:
             sender = AsyncHttpSender(url, timeout_s=0.3)
