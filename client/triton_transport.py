@@ -75,7 +75,7 @@ class Transport:
 
     def infer_message(self, request: Any) -> Any:
         """A built request (a ModelInferRequest, an HttpInferRequest) sent by this transport's sender;
-        tritonclient's InferResult back."""
+        InferAnswer (http_inference.py) or tritonclient's InferResult (gRPC) back."""
         return self.sender()(request)
 
     def sender(self) -> Any:

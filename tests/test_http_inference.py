@@ -1,10 +1,11 @@
-"""client/http_inference.py: tritonclient's request, tritonclient's reading of the answer and of errors, and a
+"""client/http_inference.py: tritonclient's request, the answer read as tritonclient reads it and of errors, and a
 kept-alive connection the server closed reopened once (against a small stand-in HTTP server; the real Triton
 paths are in test_client_library.py's http modes)."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 import threading
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.http as tc
 from tritonclient.http._utils import _get_inference_request
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from bge_triton.client.errors import (
     ModelNotFound,
@@ -63,9 +64,55 @@ def _answer(vectors: np.ndarray) -> tuple[bytes, int]:
     return head + data, len(head)
 
 
-def test_a_binary_answer_is_read_by_tritonclient() -> None:
+def _tritonclient_reading(body: bytes, header_length: int | None, names: list[str]) -> dict[str, np.ndarray]:
+    result = tc.InferResult.from_response_body(body, header_length=header_length)
+    return {name: result.as_numpy(name) for name in names}
+
+
+def test_answers_are_read_as_tritonclient_reads_them() -> None:
     body, size = _answer(VECTOR)
     assert np.array_equal(read_answer(200, str(size), None, body).as_numpy("EMBEDDING"), VECTOR)
+    texts = np.array([[b"a"], ["\u4e8c".encode()]], dtype=np.object_)
+    tensors = {  # binary outputs of several types, one empty, and one in JSON
+        "V": ("FP32", np.arange(6, dtype="<f4").reshape(2, 3)),
+        "C": ("INT64", np.array([[16], [3]], dtype="<i8")),
+        "H": ("FP16", np.array([[0.5, -2.0]], dtype="<f2")),
+        "B": ("BOOL", np.array([True, False])),
+        "S": ("BYTES", texts),
+        "E": ("INT32", np.zeros((0, 4), dtype="<i4")),
+    }
+    outputs, data = [], b""
+    for name, (datatype, array) in tensors.items():
+        raw = serialize_byte_tensor(array).item() if datatype == "BYTES" else array.tobytes()
+        outputs.append({"name": name, "datatype": datatype, "shape": list(array.shape),
+                        "parameters": {"binary_data_size": len(raw)}})  # fmt: skip
+        data += raw
+    outputs.append({"name": "J", "datatype": "INT64", "shape": [2, 2], "data": [1, 2, 3, 4]})
+    head = json.dumps({"model_name": "m", "outputs": outputs}).encode()
+    names = [*tensors, "J", "absent"]
+    ours = read_answer(200, str(len(head)), None, head + data)
+    theirs = _tritonclient_reading(head + data, len(head), names)
+    for name in names:
+        mine, reference = ours.as_numpy(name), theirs[name]
+        if reference is None:
+            assert mine is None
+            continue
+        assert mine is not None and mine.dtype == reference.dtype and mine.shape == reference.shape, name
+        assert np.array_equal(mine, reference), name
+    assert ours.as_numpy("S").tolist() == [[b"a"], ["\u4e8c".encode()]]  # type: ignore[union-attr]
+    all_json = json.dumps({"outputs": [{"name": "J", "datatype": "FP32", "shape": [1, 2], "data": [0.5, 1]}]})
+    assert read_answer(200, None, None, all_json.encode()).as_numpy("J").tolist() == [[0.5, 1.0]]  # type: ignore[union-attr]
+    packed = gzip.compress(head + data)
+    assert np.array_equal(read_answer(200, str(len(head)), "gzip", packed).as_numpy("V"), tensors["V"][1])  # type: ignore[arg-type]
+
+
+def test_an_answer_shorter_than_its_header_says_is_an_error_not_a_vector() -> None:
+    body, size = _answer(VECTOR)
+    for cut in (body[:-4], body[:-1], body[: size + 1]):
+        with pytest.raises(InferenceServerException) as raised:
+            read_answer(200, str(size), None, cut)
+        assert isinstance(from_triton_exception(raised.value), ServerError)
+        assert "'EMBEDDING' runs past the end of the answer" in str(raised.value)
 
 
 def test_error_answers_raise_tritonclients_exception_with_status_and_message() -> None:
