@@ -180,15 +180,16 @@ def _paired_table(paired: object) -> list[str]:
     lines = [
         "",
         f"single query, side by side ({paired['rounds']} rounds, systems in turns; ms):",
-        "| system | p10 | p50 | p90 | − onnxruntime (paired p50) | − triton (paired p50) |",
-        "|---|---|---|---|---|---|",
+        "| system | p10 | p50 | p90 | − onnxruntime (paired p50) | − triton (paired p50) | − triton-http (paired p50)"
+        " |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, row in paired["systems"].items():
-        over = [row.get(f"minus_{other}_p50_ms") for other in ("onnxruntime", "triton")]
+        over = [row.get(f"minus_{other}_p50_ms") for other in ("onnxruntime", "triton", "triton-http")]
         cells = " | ".join("" if value is None else f"{value:+.3f}" for value in over)
         lines.append(f"| {name} | {row['p10_ms']} | {row['p50_ms']} | {row['p90_ms']} | {cells} |")
     for name, error in (paired.get("errors") or {}).items():
-        lines.append(f"| {name} | error: {error[:80]} | | | | |")
+        lines.append(f"| {name} | error: {error[:80]} | | | | | |")
     return lines
 
 

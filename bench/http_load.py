@@ -1,23 +1,27 @@
 """The benchmark's HTTP load generators: JSON bodies posted to a server, from an event loop (aiohttp) or, one
-request at a time, from the calling thread (the standard library's http.client, the leanest Python client).
+request at a time, from the calling thread (the client library's blocking connection: a socket and httptools).
 
 A benchmark measures the server, so its client should cost as little as the language allows and the same for
 every HTTP system. On this project's 2-core VM (issue 19, `docs/benchmarks.md`), one POST of a 16-token query
 to a bare uvicorn app took, at p50: 0.59 ms with the standard library's `http.client`, ~0.9 ms with aiohttp
 from an event loop, 1.5 ms with `httpx.Client` and 2.4 ms with `httpx.AsyncClient`. With httpx as the load
 generator, a millisecond and more of every proxy latency was the benchmark's own client. (The openai SDK uses
-httpx: an application calling through it pays that client cost on top of what the bench reports.)
+httpx: an application calling through it pays that client cost on top of what the bench reports.) A socket whose
+answers httptools parses (client/http_connection.py) took ~0.3 ms less CPU per call than `http.client`
+(bench/results/2026-12-02-issue19-sync-http-client.json).
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+
+from bge_triton.client.http_connection import HttpConnection
+
+_JSON = {"Content-Type": "application/json"}
 
 
 class JsonPoster:
@@ -49,26 +53,25 @@ class JsonPoster:
 
 
 class BlockingJsonPoster:
-    """POSTs JSON on one kept-alive `http.client` connection per server, from the calling thread."""
+    """POSTs JSON on one kept-alive connection per server from the calling thread: the client library's own
+    blocking HTTP connection (client/http_connection.py, a socket whose answers httptools parses)."""
 
     def __init__(self, timeout_s: float = 600) -> None:
         self.timeout_s = timeout_s
-        self._connections: dict[str, http.client.HTTPConnection] = {}
+        self._connections: dict[str, HttpConnection] = {}
 
     def post(self, url: str, body: dict[str, Any]) -> bytes:
         """The response body of a 2xx answer; RuntimeError naming the status for any other."""
         parts = urlsplit(url)
         connection = self._connections.get(parts.netloc)
         if connection is None:
-            connection = self._connections[parts.netloc] = http.client.HTTPConnection(
-                parts.hostname or "127.0.0.1", parts.port, timeout=self.timeout_s
+            connection = self._connections[parts.netloc] = HttpConnection(
+                parts.hostname or "127.0.0.1", parts.port or 80, self.timeout_s
             )
-        connection.request("POST", parts.path, json.dumps(body), {"Content-Type": "application/json"})
-        response = connection.getresponse()
-        payload = response.read()
-        if not 200 <= response.status < 300:
-            raise RuntimeError(f"{url} answered {response.status}: {payload[:200]!r}")
-        return payload
+        answer = connection.post(parts.path, orjson.dumps(body), _JSON)
+        if not 200 <= answer.status < 300:
+            raise RuntimeError(f"{url} answered {answer.status}: {answer.body[:200]!r}")
+        return answer.body
 
     def close(self) -> None:
         for connection in self._connections.values():

@@ -4,12 +4,13 @@
 per request (issue 19) drowns in what a shared machine does between those runs. Here the systems are started
 together in one process and asked for one 16-token query each per round, in an order that rotates every round,
 so all see the same machine. Each is called through `embed_now` where it has one, from this thread: in-process
-engines directly, Triton with the sync client over gRPC and (triton-http) over HTTP, HTTP servers with
-`http.client` (bench/http_load.py), so the figures are the systems' and not the load generator's. The report
-gives each one's p10/p50/p90 and the median of the per-round differences: each system minus in-process
-onnxruntime, and the proxy and triton-http minus Triton (the proxy's own share; what HTTP instead of gRPC
-changes). The harness runs it with OMP_WAIT_POLICY=PASSIVE: torch's spinning OpenMP threads would take the cores
-of whichever system comes next in a round.
+engines directly, Triton with the sync client over gRPC and (triton-http) over HTTP, HTTP servers with the
+client library's blocking connection (bench/http_load.py), so the figures are the systems' and not the load
+generator's. The report gives each one's p10/p50/p90 and the median of the per-round differences: each system
+minus in-process onnxruntime, the proxy minus triton-http (its own share: it talks HTTP to Triton) and minus
+triton, and triton-http minus triton (what HTTP instead of gRPC changes). The harness runs it with
+OMP_WAIT_POLICY=PASSIVE: torch's spinning OpenMP threads would take the cores of whichever system comes next in a
+round.
 
     python -m bge_triton.bench.paired_latency PLAN.json   (written by bench/harness.py; prints JSON last)
 """
@@ -27,14 +28,15 @@ from .runner import Plan, run_loop
 from .systems import SYSTEMS, System
 
 BASELINE = "onnxruntime"
-# Systems also compared with the Triton system they stand in front of (or next to): their own share.
-SERVED_BY = {"proxy": "triton", "triton-http": "triton"}
+# Systems also compared with the Triton systems they stand in front of or next to: the proxy talks HTTP to Triton
+# (its own share: minus triton-http), triton-http is Triton over the other protocol; both also minus triton (gRPC).
+COMPARED_WITH = {"proxy": ("triton-http", "triton"), "triton-http": ("triton",)}
 WARMUP_ROUNDS = 10
 
 
 def differences(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     """Per system: p10/p50/p90 ms and, paired round by round, the median difference to onnxruntime (and the
-    proxy's to Triton)."""
+    proxy's and triton-http's to the Triton systems in COMPARED_WITH)."""
     out: dict[str, dict[str, float]] = {}
     for name, values in samples.items():
         ordered = sorted(values)
@@ -43,9 +45,8 @@ def differences(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
             "p50_ms": round(statistics.median(ordered), 3),
             "p90_ms": round(_quantile(ordered, 0.9), 3),
         }
-        others = [other for other in (BASELINE, SERVED_BY.get(name, "")) if other and other in samples]
-        for other in others:
-            if other != name:
+        for other in (BASELINE, *COMPARED_WITH.get(name, ())):
+            if other != name and other in samples:
                 row[f"minus_{other}_p50_ms"] = round(statistics.median(_paired(values, samples[other])), 3)
         out[name] = row
     return out

@@ -311,11 +311,14 @@ class InfinitySystem(JsonOverHttp, System):
         return {"model": self.spec.model, "input": self.as_passages(texts), "encoding_format": "float"}
 
     def stop(self) -> None:
-        self.process.terminate()
+        process = getattr(self, "process", None)  # none when start() failed before spawning it
+        if process is None:
+            return
+        process.terminate()
         try:
-            self.process.wait(30)
+            process.wait(30)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            process.kill()
 
 
 SYSTEMS: dict[str, type[System]] = {

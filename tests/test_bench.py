@@ -51,7 +51,8 @@ def test_harness_runs_every_system_and_writes_json(exported: ExportResult, tmp_p
     assert {"triton_vs_onnxruntime", "proxy_vs_onnxruntime", "triton_vs_infinity"} <= set(saved["ratios"])
     assert "| onnxruntime" in format_table(saved) and "throughput ratios" in format_table(saved)
     # the side-by-side single-query run: every system but perf_analyzer, and Triton over HTTP too; paired
-    # differences to onnxruntime, and the proxy's and triton-http's to Triton
+    # differences to onnxruntime, and the proxy's to both Triton systems (it talks HTTP to Triton), triton-http's to
+    # Triton over gRPC
     paired = saved["paired_c1"]
     assert paired["rounds"] == 12 and not paired["errors"], paired
     assert set(paired["systems"]) == set(ALL_SYSTEMS) - {"perf_analyzer"} | {"triton-http"}
@@ -59,7 +60,9 @@ def test_harness_runs_every_system_and_writes_json(exported: ExportResult, tmp_p
     for name, row in paired["systems"].items():
         assert 0 < row["p10_ms"] <= row["p50_ms"] <= row["p90_ms"], (name, row)
         assert ("minus_onnxruntime_p50_ms" in row) == (name != "onnxruntime")
-    assert set(paired["systems"]["proxy"]) >= {"minus_onnxruntime_p50_ms", "minus_triton_p50_ms"}
+    assert set(paired["systems"]["proxy"]) >= {
+        "minus_onnxruntime_p50_ms", "minus_triton_p50_ms", "minus_triton-http_p50_ms"
+    }  # fmt: skip
     assert "single query, side by side (12 rounds" in format_table(saved)
 
 
@@ -140,6 +143,22 @@ def test_paired_differences_are_per_round_medians() -> None:
     assert rows["triton-http"]["minus_triton_p50_ms"] == -1.0  # per round: -1, 0, -1, -1, 0
     assert rows["triton"]["minus_onnxruntime_p50_ms"] == 2.0  # per round: 2, 1, 2, 3, 2
     assert rows["proxy"]["minus_triton_p50_ms"] == 2.0  # per round: 1, 2, 18, 1, 2
+    assert rows["proxy"]["minus_triton-http_p50_ms"] == 2.0  # per round: 2, 2, 19, 2, 2
     assert rows["proxy"]["minus_onnxruntime_p50_ms"] == 4.0
     assert rows["onnxruntime"] == {"p10_ms": 10.0, "p50_ms": 10.0, "p90_ms": 30.0}
     assert "minus_triton_p50_ms" not in rows["triton"]
+    assert "minus_triton-http_p50_ms" not in rows["triton-http"]
+    assert "minus_triton-http_p50_ms" not in rows["triton"]
+
+
+def test_a_system_that_failed_to_start_stops_cleanly_and_is_reported(tmp_path: Path, monkeypatch) -> None:
+    """The side-by-side run stops a system whose start() failed and reports its error: infinity without its venv
+    once took the whole run down (AttributeError in stop())."""
+    from bge_triton.bench import paired_latency, systems
+
+    monkeypatch.setattr(systems, "INFINITY_BIN", tmp_path / "absent" / "infinity_emb")
+    spec = systems.Spec(tmp_path, tmp_path, "m", threads=1, work_dir=tmp_path)
+    plan = type("Plan", (), {"spec": spec, "queries": ["q"]})()
+    result = paired_latency.run(plan, ["infinity"], rounds=2)  # type: ignore[arg-type]
+    assert result["systems"] == {}
+    assert "infinity_emb missing" in result["errors"]["infinity"]  # type: ignore[index]
