@@ -66,7 +66,7 @@ def infer_request(
         ],
         "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in outputs],
     }
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = orjson.dumps(header)
     return HttpInferRequest(f"/v2/models/{quote(model, safe='')}/infer", head + data, len(head))
 
 
