@@ -9,51 +9,20 @@ import http.client
 from collections.abc import Awaitable, Callable
 
 import pytest
+from scripted_http import Reply, echo, ok, scripted_handler
 
 from bge_triton.client.async_http_connections import AsyncHttpConnections
 from bge_triton.client.errors import RequestTimeout, ServerUnavailable, from_triton_exception
 
-# (request body, the request's number on its connection from 1) -> (what to write back, close the connection after)
-Reply = Callable[[bytes, int], tuple[bytes, bool]]
 Run = Callable[[AsyncHttpConnections], Awaitable[None]]
-
-
-def ok(body: bytes, extra: str = "") -> bytes:
-    return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
-
-
-def echo(body: bytes, _: int) -> tuple[bytes, bool]:
-    return ok(b"echo " + body), False
 
 
 def serve(reply: Reply, run: Run, timeout_s: float = 2.0) -> list[int]:
     """Runs `run` against a server answering each request with `reply`; how many requests each connection carried."""
     carried: list[int] = []
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        carried.append(0)
-        me = len(carried) - 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                body = await reader.readexactly(length)
-                carried[me] += 1
-                answer, close = reply(body, carried[me])
-                writer.write(answer)
-                await writer.drain()
-                if close:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        writer.close()
-
     async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        server = await asyncio.start_server(scripted_handler(reply, carried), "127.0.0.1", 0)
         pool = AsyncHttpConnections("127.0.0.1", server.sockets[0].getsockname()[1], timeout_s=timeout_s)
         try:
             await run(pool)
@@ -87,10 +56,10 @@ def test_concurrent_requests_each_get_their_own_answer_on_their_own_connection()
 
 
 def test_chunked_and_error_answers_are_read_whole() -> None:
-    def reply(body: bytes, n: int) -> tuple[bytes, bool]:
+    def reply(body: bytes, n: int) -> tuple[bytes, str]:
         if n == 1:
-            return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n", False
-        return ok(b'{"error":"unknown model"}').replace(b"200 OK", b"400 Bad Request"), False
+            return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n", ""
+        return ok(b'{"error":"unknown model"}').replace(b"200 OK", b"400 Bad Request"), ""
 
     async def run(pool: AsyncHttpConnections) -> None:
         assert (await pool.post("/p", b"x", {})).body == b"abcdefg"
@@ -105,7 +74,7 @@ def test_connection_close_answers_are_not_reused() -> None:
         for _ in range(3):
             assert (await pool.post("/p", b"x", {})).body == b"bye"
 
-    assert serve(lambda body, n: (ok(b"bye", "Connection: close\r\n"), False), run) == [1, 1, 1]
+    assert serve(lambda body, n: (ok(b"bye", "Connection: close\r\n"), ""), run) == [1, 1, 1]
 
 
 @pytest.mark.parametrize("pause_s", [0.0, 0.05])
@@ -118,7 +87,7 @@ def test_a_connection_the_server_closed_unannounced_is_never_reused(pause_s: flo
             assert (await pool.post("/p", b"x", {})).body == b"once"
             await asyncio.sleep(pause_s)
 
-    assert serve(lambda body, n: (ok(b"once"), True), run) == [1, 1, 1]
+    assert serve(lambda body, n: (ok(b"once"), "close"), run) == [1, 1, 1]
 
 
 def test_a_request_the_server_drops_unanswered_is_sent_once_more_on_a_new_connection() -> None:
@@ -128,7 +97,7 @@ def test_a_request_the_server_drops_unanswered_is_sent_once_more_on_a_new_connec
         for _ in range(3):
             assert (await pool.post("/p", b"x", {})).body == b"first"
 
-    assert serve(lambda body, n: (ok(b"first"), False) if n == 1 else (b"", True), run) == [2, 2, 1]
+    assert serve(lambda body, n: (ok(b"first"), "") if n == 1 else (b"", "close"), run) == [2, 2, 1]
 
 
 def test_an_answer_cut_off_midway_is_an_error_and_not_sent_again() -> None:
@@ -145,8 +114,8 @@ def test_an_answer_cut_off_midway_is_an_error_and_not_sent_again() -> None:
         assert isinstance(from_triton_exception(late.value), RequestTimeout)
         assert pool._idle == []
 
-    assert serve(lambda body, n: (partial, True), closed) == [1]
-    assert serve(lambda body, n: (partial, False), hangs, timeout_s=0.3) == [1]
+    assert serve(lambda body, n: (partial, "close"), closed) == [1]
+    assert serve(lambda body, n: (partial, ""), hangs, timeout_s=0.3) == [1]
 
 
 def test_a_malformed_answer_is_an_http_error_and_the_connection_dropped() -> None:
@@ -155,7 +124,7 @@ def test_a_malformed_answer_is_an_http_error_and_the_connection_dropped() -> Non
             await pool.post("/p", b"x", {})
         assert pool._idle == []
 
-    assert serve(lambda body, n: (b"NOT HTTP AT ALL\r\n\r\n", False), run) == [1]
+    assert serve(lambda body, n: (b"NOT HTTP AT ALL\r\n\r\n", ""), run) == [1]
 
 
 def test_no_server_is_a_connection_error() -> None:
@@ -230,4 +199,4 @@ def test_an_answer_nobody_asked_for_is_never_read_as_the_next_one(pause_s: float
             assert "x-stray" not in answer.headers
             await asyncio.sleep(pause_s)
 
-    assert serve(lambda body, n: (ok(b"echo " + body) + stray, False), run) == [1, 1, 1]
+    assert serve(lambda body, n: (ok(b"echo " + body) + stray, ""), run) == [1, 1, 1]

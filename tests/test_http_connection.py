@@ -6,28 +6,16 @@ from __future__ import annotations
 import asyncio
 import http.client
 import socket
-import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from scripted_http import Reply, echo, ok, scripted_handler
 
 from bge_triton.client.errors import RequestTimeout, ServerUnavailable, from_triton_exception
 from bge_triton.client.http_connection import HttpConnection, request_bytes
-
-# (request body, the request's number on its connection from 1) -> (what to write back, how to end the connection
-# after it: "" keep it, "close" a FIN, "reset" an RST)
-Reply = Callable[[bytes, int], tuple[bytes, str]]
-
-
-def ok(body: bytes, extra: str = "") -> bytes:
-    return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
-
-
-def echo(body: bytes, _: int) -> tuple[bytes, str]:
-    return ok(b"echo " + body), ""
 
 
 @contextmanager
@@ -38,38 +26,9 @@ def serving(reply: Reply, timeout_s: float = 2.0, trickle_s: float = 0.0) -> Ite
     ready = threading.Event()
     state: dict[str, object] = {}
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        carried.append(0)
-        me = len(carried) - 1
-        end = ""
-        try:
-            while not end:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                body = await reader.readexactly(length)
-                carried[me] += 1
-                answer, end = reply(body, carried[me])
-                if trickle_s:
-                    for i in range(len(answer)):
-                        writer.write(answer[i : i + 1])
-                        await writer.drain()
-                        await asyncio.sleep(trickle_s)
-                else:
-                    writer.write(answer)
-                    await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        if end == "reset":
-            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.close()
-
     def run_server() -> None:
         async def main() -> None:
-            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            server = await asyncio.start_server(scripted_handler(reply, carried, trickle_s), "127.0.0.1", 0)
             stop = asyncio.Event()
             state.update(port=server.sockets[0].getsockname()[1], stop=stop, loop=asyncio.get_running_loop())
             ready.set()
