@@ -10,8 +10,8 @@ stub on this project's 2-core VM (bench/results/2026-12-02-issue19-http-vs-grpc.
 - the answer is read as tritonclient's `InferResult` reads it (`InferAnswer`, tested against it), and a non-200
   answer raises tritonclient's `InferenceServerException` with Triton's message and the HTTP status, as
   tritonclient does, so `errors.from_triton_exception` maps both paths the same way;
-- `HttpSender` (sync) keeps one kept-alive socket per thread (http_connection.py: ~0.2 ms of CPU per call where
-  `http.client` took ~0.6); `AsyncHttpSender` a pool of asyncio connections (async_http_connections.py: 0.69 ms
+- `HttpSender` (sync) keeps one kept-alive socket per thread (http_connection.py: 0.44 ms of CPU per call where
+  `http.client` took 0.85); `AsyncHttpSender` a pool of asyncio connections (async_http_connections.py: 0.69 ms
   of CPU per call where aiohttp took 1.28); httptools parses both. A kept-alive connection the server closed
   while idle (a Triton restart) is opened again at once: an embedding request has no side effects, so sending it
   again is safe.
@@ -77,8 +77,8 @@ def _headers(request: HttpInferRequest) -> dict[str, str]:
 class InferAnswer:
     """Triton's answer to one inference request: its outputs as numpy arrays, read the way tritonclient's
     `InferResult` reads them (binary outputs after the JSON header, in the header's order; JSON `data` otherwise).
-    Read here rather than by `InferResult.from_response_body`, which defines a class per answer: ~30 us of a short
-    query's client CPU on this project's VM (issue 19)."""
+    Read here rather than by `InferResult.from_response_body`, which defines a class per answer: 55.6 against
+    16.0 us per answer on this project's VM (issue 19, bench/results/2026-12-02-issue19-answer-reading.json)."""
 
     __slots__ = ("outputs",)
 
