@@ -23,63 +23,48 @@ import asyncio
 import http.client
 from collections.abc import Mapping
 
-import httptools
-
-from .http_connection import AnswerBroken, HttpAnswer, authority, request_bytes
+from .http_connection import AnswerBroken, AnswerReader, HttpAnswer, authority, request_bytes
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP connection carrying one request at a time; httptools calls the `on_*` methods as bytes arrive."""
+    """One TCP connection carrying one request at a time; its answer read by an AnswerReader as bytes arrive."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.generation = 0
         self.closed = False
         self.keep_alive = False
-        self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[HttpAnswer] | None = None
+        self._reader: AnswerReader | None = None
         self._started = False
-        self._headers: dict[str, str] = {}
-        self._body: list[bytes] = []
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:  # bytes nobody asked for: this connection can no longer be trusted
+        waiter, reader = self._waiter, self._reader
+        if waiter is None or reader is None:  # bytes nobody asked for: this connection can no longer be trusted
             self.close()
             return
         self._started = True
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(http.client.HTTPException(f"unreadable HTTP answer: {exc}"))
+            reader.feed(data)
+        except http.client.HTTPException as exc:
+            self._fail(exc)
+            return
+        if reader.answer is not None:
+            self._waiter = None
+            self.keep_alive = reader.reusable
+            if reader.stray:  # a second answer in the same read (a server's 408 before it closes): untrusted
+                self.close()
+            if not waiter.done():
+                waiter.set_result(reader.answer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         detail = f": {exc}" if exc else ""
         self._fail(AnswerBroken(f"the server closed the connection{detail}", self._started))
-
-    # -- httptools callbacks (after the answer is delivered, the waiter is gone) -----------------------------
-    def on_message_begin(self) -> None:
-        if self._waiter is None:  # a second answer in the same read (a server's 408 before it closes): untrusted
-            self.close()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._waiter is not None:
-            self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-
-    def on_body(self, body: bytes) -> None:
-        if self._waiter is not None:
-            self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        self.keep_alive = self._parser.should_keep_alive()
-        if waiter is not None and not waiter.done():
-            body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-            waiter.set_result(HttpAnswer(self._parser.get_status_code(), self._headers, body))
 
     # -- requests --------------------------------------------------------------------------------------
     def exchange(self, data: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[HttpAnswer]:
@@ -89,7 +74,7 @@ class _Connection(asyncio.Protocol):
         if self.closed or self.transport.is_closing():
             raise AnswerBroken("the server closed the connection before the request went out", started=False)
         self._waiter = waiter = loop.create_future()
-        self._started, self._headers, self._body = False, {}, []
+        self._started, self._reader = False, AnswerReader()
         try:
             self.transport.write(data)
         except RuntimeError as exc:  # uvloop: "unable to perform operation on <TCPTransport closed=True ...>"

@@ -57,9 +57,10 @@ def request_bytes(method: str, path: str, host: str, body: bytes, headers: Mappi
     return start.encode("latin-1") + body
 
 
-class _AnswerReader:
-    """Collects one answer from httptools' callbacks; bytes past it (a second answer nobody asked for, such as a
-    server's 408 before it closes) mark the connection as no longer trustworthy and change nothing."""
+class AnswerReader:
+    """Collects one answer from the bytes `feed` gets (httptools calls the `on_*` methods); bytes past it (a second
+    answer nobody asked for, such as a server's 408 before it closes) mark it `stray` and change nothing. Both
+    HTTP clients read their answers with it."""
 
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
@@ -86,6 +87,21 @@ class _AnswerReader:
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
             self.answer = HttpAnswer(self.parser.get_status_code(), self._headers, body)
             self.keep_alive = self.parser.should_keep_alive()  # read here: the parser resets after the message
+
+    def feed(self, data: bytes) -> None:
+        """Parse `data`: http.client.HTTPException when the answer is not HTTP; garbage after a whole answer only
+        marks it stray."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if self.answer is None:
+                raise http.client.HTTPException(f"unreadable HTTP answer: {exc}") from exc
+            self.stray = True
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the connection may carry another request: kept alive, nothing stray after the answer."""
+        return self.keep_alive and not self.stray
 
 
 class HttpConnection:
@@ -134,7 +150,7 @@ class HttpConnection:
 
     def _exchange(self, sock: socket.socket, data: bytes, deadline: float) -> HttpAnswer:
         """Send `data`, read one answer; the socket is closed on any failure and after a `Connection: close`."""
-        reader = _AnswerReader()
+        reader = AnswerReader()
         started = False
         try:
             try:
@@ -155,16 +171,11 @@ class HttpConnection:
                 if not chunk:
                     raise AnswerBroken("the server closed the connection", started)
                 started = True
-                try:
-                    reader.parser.feed_data(chunk)
-                except httptools.HttpParserError as exc:
-                    if reader.answer is None:
-                        raise http.client.HTTPException(f"unreadable HTTP answer: {exc}") from exc
-                    reader.stray = True  # garbage after a whole answer: the answer stands, the connection goes
+                reader.feed(chunk)
         except BaseException:  # a timeout, a broken or unreadable answer, an interrupt: not reusable
             self.close()
             raise
-        if not reader.keep_alive or reader.stray:
+        if not reader.reusable:
             self.close()
         assert reader.answer is not None
         return reader.answer

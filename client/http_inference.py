@@ -33,7 +33,7 @@ import orjson
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor, triton_to_np_dtype
 
 from .async_http_connections import AsyncHttpConnections
-from .http_connection import HttpConnection
+from .http_connection import HttpAnswer, HttpConnection
 from .raw_tensors import raw_contents
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -127,6 +127,11 @@ def read_answer(status: int, header_length: str | None, content_encoding: str | 
         raise InferenceServerException(msg=f"unreadable inference answer: {exc}") from exc
 
 
+def _read(answer: HttpAnswer) -> InferAnswer:
+    headers = answer.headers
+    return read_answer(answer.status, headers.get(HEADER_LENGTH.lower()), headers.get("content-encoding"), answer.body)
+
+
 def _error_message(status: int, body: bytes) -> str:
     """Triton's `{"error": "..."}`; any other body (a load balancer's page) shortened, with the status."""
     text = body.decode("utf-8", "replace")
@@ -165,11 +170,7 @@ class HttpSender:
         return connection
 
     def __call__(self, request: HttpInferRequest) -> InferAnswer:
-        answer = self._connection().post(request.path, request.body, _headers(request))
-        headers = answer.headers
-        return read_answer(
-            answer.status, headers.get(HEADER_LENGTH.lower()), headers.get("content-encoding"), answer.body
-        )
+        return _read(self._connection().post(request.path, request.body, _headers(request)))
 
     def close(self) -> None:
         with self._lock:
@@ -188,11 +189,7 @@ class AsyncHttpSender:
         self._connections = AsyncHttpConnections(host, port or 80, timeout_s)
 
     async def __call__(self, request: HttpInferRequest) -> InferAnswer:
-        answer = await self._connections.post(request.path, request.body, _headers(request))
-        headers = answer.headers
-        return read_answer(
-            answer.status, headers.get(HEADER_LENGTH.lower()), headers.get("content-encoding"), answer.body
-        )
+        return _read(await self._connections.post(request.path, request.body, _headers(request)))
 
     async def model_ready(self, model: str) -> bool:
         """Triton's answer on a connection of its own within READY_PROBE_S: a Triton shutting down leaves it
