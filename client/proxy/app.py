@@ -10,14 +10,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Receive, Scope, Send
 
 from bge_triton import __version__
 
 from .access_log import AccessLog
 from .admission import admitted
-from .auth import ApiKeyAuth
+from .auth import ApiKeyAuth, ApiKeys
 from .body_limits import BodyLimits
-from .direct_json_route import DirectJsonRoute
+from .direct_embeddings import DirectEmbeddings
 from .embedding_service import EmbeddingService
 from .errors import ProxyError, install_error_handlers
 from .json_response import OrjsonResponse
@@ -34,9 +35,31 @@ from .vector_encoding import response_items
 
 log = logging.getLogger("bge_triton.proxy")
 ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 408, 413, 429, 503)}
+EMBEDDINGS_PATHS = ("/v1/embeddings", "/embeddings")
 
 
-def create_app(settings: ProxySettings) -> FastAPI:
+class ProxyApp(FastAPI):
+    """FastAPI, entered through `direct` (direct_embeddings.py) once `create_app` has set it."""
+
+    direct: DirectEmbeddings | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.direct is not None and not self.root_path:
+            await self.direct(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def full_stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The application as FastAPI serves it: entry, middleware stack, router."""
+        await super().__call__(scope, receive, send)
+
+    def telemetry_enabled(self) -> bool:
+        """Whether FastAPI's own OpenTelemetry instrumentation wraps requests (a provider is configured)."""
+        telemetry = getattr(self, "_native_telemetry", None)
+        return telemetry is not None and bool(telemetry.enabled())
+
+
+def create_app(settings: ProxySettings) -> ProxyApp:
     registry = ModelRegistry(settings)
     metrics = ProxyMetrics()
     service = EmbeddingService(registry, settings, metrics)
@@ -54,7 +77,7 @@ def create_app(settings: ProxySettings) -> FastAPI:
         await registry.close()
         await service.close()
 
-    app = FastAPI(
+    app = ProxyApp(
         title="bge-triton OpenAI-compatible embeddings",
         version=__version__,
         lifespan=lifespan,
@@ -97,9 +120,12 @@ def create_app(settings: ProxySettings) -> FastAPI:
         }
         return OrjsonResponse(payload)
 
-    # The hot path: a valid JSON body is parsed by pydantic in one step, anything else by the FastAPI routes above
-    for path in ("/v1/embeddings", "/embeddings"):
-        app.router.routes.insert(0, DirectJsonRoute(path, EmbeddingRequest, embeddings, _post_route(app, path)))
+    # The common request (complete, valid JSON) answered from the entry; every other through the stack above
+    app.direct = DirectEmbeddings(
+        app, app.full_stack, {path: _post_route(app, path) for path in EMBEDDINGS_PATHS}, EmbeddingRequest,
+        embeddings, keys=ApiKeys(settings.api_keys), max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s, metrics=metrics, telemetry_enabled=app.telemetry_enabled,
+    )  # fmt: skip
 
     install_m3_routes(app, registry, settings, metrics)
     install_tei_routes(app, registry, settings, metrics)

@@ -41,13 +41,15 @@ def _bearer(scope: Scope) -> bytes | None:
     return None
 
 
-class ApiKeyAuth:
-    """ASGI middleware: 401 in OpenAI error JSON for a missing or wrong key."""
+class ApiKeys:
+    """The configured keys, and whether a request's `Authorization` carries one of them."""
 
-    def __init__(self, app: ASGIApp, keys: tuple[str, ...], protect_metrics: bool):
-        self.app = app
+    def __init__(self, keys: tuple[str, ...]):
         self.keys = [k.encode("utf-8") for k in keys]
-        self.protect_metrics = protect_metrics
+
+    def admit(self, scope: Scope) -> bool:
+        """True without keys configured, or when the request's bearer token is one of the keys."""
+        return not self.keys or self.allowed(_bearer(scope))
 
     def allowed(self, token: bytes | None) -> bool:
         if token is None:
@@ -56,6 +58,15 @@ class ApiKeyAuth:
         matches = [hmac.compare_digest(token, key) for key in self.keys]
         return any(matches)
 
+
+class ApiKeyAuth:
+    """ASGI middleware: 401 in OpenAI error JSON for a missing or wrong key."""
+
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...], protect_metrics: bool):
+        self.app = app
+        self.keys = ApiKeys(keys)
+        self.protect_metrics = protect_metrics
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         exempt = (
@@ -63,7 +74,7 @@ class ApiKeyAuth:
             or (path == "/metrics" and not self.protect_metrics)
             or (scope.get("method") in ("GET", "HEAD") and (path == UI_PATH or path.startswith(UI_PATH + "/")))
         )
-        if scope["type"] != "http" or not self.keys or exempt or self.allowed(_bearer(scope)):
+        if scope["type"] != "http" or exempt or self.keys.admit(scope):
             await self.app(scope, receive, send)
             return
         message = (

@@ -22,17 +22,19 @@ from .errors import error_response
 DISCONNECT: Message = {"type": "http.disconnect"}
 
 
+def too_large(max_bytes: int) -> Response:
+    return error_response(413, f"request body is larger than {max_bytes} bytes", code="body_too_large")
+
+
+def too_slow(timeout_s: float) -> Response:
+    return error_response(408, f"the request body did not arrive within {timeout_s:g} s", code="body_timeout")
+
+
 class BodyLimits:
     def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float):
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
-
-    def too_large(self) -> Response:
-        return error_response(413, f"request body is larger than {self.max_bytes} bytes", code="body_too_large")
-
-    def too_slow(self) -> Response:
-        return error_response(408, f"the request body did not arrive within {self.timeout_s:g} s", code="body_timeout")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,7 +42,7 @@ class BodyLimits:
             return
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await _answer(scope, send, self.too_large())
+            await answer_and_close(scope, send, too_large(self.max_bytes))
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
@@ -52,7 +54,7 @@ class BodyLimits:
         async def answer_once(response: Response) -> bool:
             """Answer unless the app already began its own answer; True when this answer is the request's."""
             if not started:
-                await _answer(scope, send, response)
+                await answer_and_close(scope, send, response)
             return not started
 
         async def limited_receive() -> Message:
@@ -62,14 +64,14 @@ class BodyLimits:
             if complete:  # after the body: a disconnect listener, no deadline
                 return await receive()
             try:
-                message = await _receive_by(receive, deadline, loop)
+                message = await receive_by(receive, deadline, loop)
             except TimeoutError:
-                answered = await answer_once(self.too_slow())
+                answered = await answer_once(too_slow(self.timeout_s))
                 return DISCONNECT
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    answered = await answer_once(self.too_large())
+                    answered = await answer_once(too_large(self.max_bytes))
                     return DISCONNECT
                 complete = not message.get("more_body", False)
             return message
@@ -84,7 +86,7 @@ class BodyLimits:
         await self.app(scope, limited_receive, guarded_send)
 
 
-async def _receive_by(receive: Receive, deadline: float, loop: asyncio.AbstractEventLoop) -> Message:
+async def receive_by(receive: Receive, deadline: float, loop: asyncio.AbstractEventLoop) -> Message:
     """`receive()`, or TimeoutError at `deadline` (loop time). Python 3.11's `asyncio.timeout_at` waits in the
     calling task; `wait_for` (3.10) wraps the call in a task of its own, two more event-loop turns per message."""
     timeout_at = getattr(asyncio, "timeout_at", None)
@@ -94,7 +96,7 @@ async def _receive_by(receive: Receive, deadline: float, loop: asyncio.AbstractE
         return await receive()
 
 
-async def _answer(scope: Scope, send: Send, response: Response) -> None:
+async def answer_and_close(scope: Scope, send: Send, response: Response) -> None:
     response.headers["Connection"] = "close"  # the rest of the body is never read
     await response(scope, _no_body, send)
 
