@@ -220,3 +220,25 @@ def test_is_json_follows_fastapi() -> None:
 def test_the_openapi_schema_keeps_the_route() -> None:
     schema = create_app(ProxySettings()).openapi()["paths"]["/v1/embeddings"]["post"]
     assert schema["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/EmbeddingRequest")
+
+
+def test_telemetry_is_asked_again_at_most_once_a_second_until_it_is_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app(ProxySettings())
+    asked: list[bool] = []
+    answer = [False]
+
+    def enabled() -> bool:
+        asked.append(answer[0])
+        return answer[0]
+
+    monkeypatch.setattr(app._native_telemetry, "enabled", enabled)
+    clock = [1000.0]
+    monkeypatch.setattr("bge_triton.client.proxy.app.time.monotonic", lambda: clock[0])
+    assert not any(app.telemetry_enabled() for _ in range(50)) and len(asked) == 1
+    answer[0] = True  # a provider is set
+    clock[0] += 0.5
+    assert not app.telemetry_enabled() and len(asked) == 1  # within the second: the earlier no
+    clock[0] += 0.6
+    assert app.telemetry_enabled() and len(asked) == 2
+    clock[0] += 10
+    assert all(app.telemetry_enabled() for _ in range(50)) and len(asked) == 2  # a yes is kept

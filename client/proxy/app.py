@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -36,12 +37,15 @@ from .vector_encoding import response_items
 log = logging.getLogger("bge_triton.proxy")
 ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 408, 413, 429, 503)}
 EMBEDDINGS_PATHS = ("/v1/embeddings", "/embeddings")
+TELEMETRY_RECHECK_S = 1.0  # while no OpenTelemetry provider is set, how often the direct entry asks again
 
 
 class ProxyApp(FastAPI):
     """FastAPI, entered through `direct` (direct_embeddings.py) once `create_app` has set it."""
 
     direct: DirectEmbeddings | None = None
+    _telemetry_on = False
+    _telemetry_asked_at = -float("inf")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.direct is not None and not self.root_path:
@@ -54,9 +58,20 @@ class ProxyApp(FastAPI):
         await super().__call__(scope, receive, send)
 
     def telemetry_enabled(self) -> bool:
-        """Whether FastAPI's own OpenTelemetry instrumentation wraps requests (a provider is configured)."""
+        """Whether FastAPI's own OpenTelemetry instrumentation wraps requests (a provider is configured).
+
+        FastAPI asks OpenTelemetry on every request (~10 us: environment lookups). A provider, once set, stays
+        (OpenTelemetry refuses to replace one), so a yes is kept; a no is asked again at most once per
+        TELEMETRY_RECHECK_S, so requests are traced within a second of a provider being set."""
+        if self._telemetry_on:
+            return True
+        now = time.monotonic()
+        if now - self._telemetry_asked_at < TELEMETRY_RECHECK_S:
+            return False
+        self._telemetry_asked_at = now
         telemetry = getattr(self, "_native_telemetry", None)
-        return telemetry is not None and bool(telemetry.enabled())
+        self._telemetry_on = telemetry is not None and bool(telemetry.enabled())
+        return self._telemetry_on
 
 
 def create_app(settings: ProxySettings) -> ProxyApp:

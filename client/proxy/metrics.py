@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -11,38 +12,72 @@ COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536, 262144)
 
 
+class KeptLabels:
+    """A labelled metric whose children are kept in a dict: prometheus_client's `labels()` takes a lock and checks
+    every value on each call (~3.5 us; an embeddings request asks five times, issue 19). `remove` and `clear`
+    forget what they remove."""
+
+    def labels(self, *values: str, **named: str) -> Any:
+        if named:
+            return super().labels(*values, **named)  # type: ignore[misc]
+        kept: dict[tuple[str, ...], Any] = self.__dict__.setdefault("_kept_children", {})
+        child = kept.get(values)
+        if child is None:
+            child = kept[values] = super().labels(*values)  # type: ignore[misc]
+        return child
+
+    def remove(self, *values: str) -> None:
+        self.__dict__.get("_kept_children", {}).pop(tuple(str(v) for v in values), None)
+        super().remove(*values)  # type: ignore[misc]
+
+    def clear(self) -> None:
+        self.__dict__.pop("_kept_children", None)
+        super().clear()  # type: ignore[misc]
+
+
+class KeptCounter(KeptLabels, Counter):
+    pass
+
+
+class KeptHistogram(KeptLabels, Histogram):
+    pass
+
+
 @dataclass
 class ProxyMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.requests = Counter(
+        self.requests = KeptCounter(
             "bge_proxy_requests", "HTTP requests answered", ["endpoint", "model", "status"], registry=r
         )
-        self.latency = Histogram(
+        self.latency = KeptHistogram(
             "bge_proxy_request_seconds", "HTTP request latency", ["endpoint", "model", "status"],
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        self.inputs = Histogram(
+        self.inputs = KeptHistogram(
             "bge_proxy_inputs_per_request", "inputs per embeddings request", ["model"], buckets=COUNT_BUCKETS,
             registry=r,
         )  # fmt: skip
-        self.tokens = Histogram(
+        self.tokens = KeptHistogram(
             "bge_proxy_tokens_per_request", "tokens embedded per request", ["model"], buckets=TOKEN_BUCKETS,
             registry=r,
         )  # fmt: skip
-        self.errors = Counter("bge_proxy_errors", "error answers by type", ["type"], registry=r)
+        self.errors = KeptCounter("bge_proxy_errors", "error answers by type", ["type"], registry=r)
         self.in_flight = Gauge("bge_proxy_in_flight_requests", "embeddings requests being served", registry=r)
         self.rejected = Counter("bge_proxy_rejected", "requests refused with 429 (overload)", registry=r)
-        self.triton_seconds = Histogram(
+        self.triton_seconds = KeptHistogram(
             "bge_proxy_triton_seconds", "time spent waiting for Triton per request", ["model"],
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         # The vector cache (vector_cache.py): inputs answered from it (tier: local or redis) and sent to Triton
-        self.cache_hits = Counter("bge_proxy_cache_hits", "inputs answered from the vector cache", ["model", "tier"],
-                                  registry=r)  # fmt: skip
-        self.cache_misses = Counter("bge_proxy_cache_misses", "inputs the vector cache lacked", ["model"], registry=r)
+        self.cache_hits = KeptCounter(
+            "bge_proxy_cache_hits", "inputs answered from the vector cache", ["model", "tier"], registry=r
+        )
+        self.cache_misses = KeptCounter(
+            "bge_proxy_cache_misses", "inputs the vector cache lacked", ["model"], registry=r
+        )
         self.cache_hit_ratio = Gauge("bge_proxy_cache_hit_ratio", "cache hits / inputs looked up, since start",
                                      registry=r)  # fmt: skip
         self.cache_evictions = Counter("bge_proxy_cache_evictions", "entries evicted from the local cache", registry=r)
