@@ -18,7 +18,10 @@ def test_children_are_kept_and_forgotten_on_remove_and_clear() -> None:
     fresh = metrics.requests.labels("/v1/embeddings", "e5", "200")
     assert fresh is not child and fresh._value.get() == 0  # a removed child is not handed out again
     metrics.requests.clear()
-    assert metrics.requests.labels("/v1/embeddings", "e5", "200") is not fresh
+    again = metrics.requests.labels("/v1/embeddings", "e5", "200")
+    assert again is not fresh
+    metrics.requests.remove_by_labels({"model": "e5"})
+    assert metrics.requests.labels("/v1/embeddings", "e5", "200") is not again
 
 
 def test_scrapes_match_prometheus_clients_own_metrics() -> None:
