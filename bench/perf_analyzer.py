@@ -1,4 +1,4 @@
-"""Drive NVIDIA's `perf_analyzer` against the text ensemble over gRPC and parse its CSV report.
+"""Drive NVIDIA's `perf_analyzer` against the text ensemble over gRPC (or HTTP) and parse its CSV report.
 
 perf_analyzer comes from `bench/install_perf_analyzer.sh` (the binary of the tritonclient 2.46 wheel behind a
 wrapper that puts libcudart.so.12 on the library path), or from $BGE_TRITON_PERF_ANALYZER.
@@ -47,6 +47,8 @@ _LATENCY_PARTS = (
     "Server Compute Output",
     "Client Recv",
 )
+# Of those, the time Triton's own statistics account for (queue and compute of the models it ran).
+_SERVER_PARTS = ("Server Queue", "Server Compute Input", "Server Compute Infer", "Server Compute Output")
 
 
 class PerfAnalyzerError(RuntimeError):
@@ -81,6 +83,9 @@ class PerfResult:
     p95_ms: float
     p99_ms: float
     avg_ms: float
+    # The part of avg_ms inside Triton's models (queue + compute); the rest is the client, the network and
+    # Triton's frontend.
+    server_avg_ms: float
     request_count: int | None
     command: list[str] = field(repr=False)
     csv: str = field(repr=False)
@@ -179,6 +184,7 @@ def parse_csv(text: str, concurrency: int) -> dict[str, float]:
     for p in (50, 90, 95, 99):
         parsed[f"p{p}_ms"] = _float(row, f"p{p} latency") / 1000
     parsed["avg_ms"] = sum(_float(row, part) for part in _LATENCY_PARTS) / 1000
+    parsed["server_avg_ms"] = sum(_float(row, part) for part in _SERVER_PARTS) / 1000
     return parsed
 
 
@@ -186,12 +192,14 @@ def build_command(
     executable: Path, model: str, grpc_url: str, input_json: Path, csv_path: Path, *,
     concurrency: int, batch_size: int, measurement_ms: int, max_trials: int, stability_percentage: float,
     percentile: int | None, measurement_request_count: int | None, request_count: int | None = None,
-    extra_args: Sequence[str] = (),
+    extra_args: Sequence[str] = (), protocol: str = "grpc",
 ) -> list[str]:  # fmt: skip
+    if protocol not in ("grpc", "http"):
+        raise ValueError(f"unknown protocol {protocol!r} (grpc, http)")
     command = [
         str(executable),
         "-m", model,
-        "-i", "grpc",
+        "-i", protocol,
         "-u", grpc_url,
         "--input-data", str(input_json),
         "-b", str(batch_size),
@@ -229,8 +237,10 @@ def run_perf_analyzer(
     request_count: int | None = None,
     executable: str | os.PathLike[str] | None = None,
     extra_args: Sequence[str] = (),
+    protocol: str = "grpc",
 ) -> PerfResult:
-    """Measure `model` at one concurrency level over gRPC with the texts of `input_json`.
+    """Measure `model` at one concurrency level over gRPC (`protocol="http"`: over HTTP, `grpc_url` then being
+    Triton's HTTP host:port) with the texts of `input_json`.
 
     Synchronous requests, `concurrency` at a time, `batch_size` texts each (what `write_input_data` returned).
     perf_analyzer measures windows of `measurement_ms` until the last 3 agree within `stability_percentage`
@@ -259,7 +269,7 @@ def run_perf_analyzer(
             exe, model, grpc_url, data_path, csv_path, concurrency=concurrency, batch_size=batch_size,
             measurement_ms=measurement_ms, max_trials=max_trials, stability_percentage=stability_percentage,
             percentile=percentile, measurement_request_count=measurement_request_count, request_count=request_count,
-            extra_args=extra_args,
+            extra_args=extra_args, protocol=protocol,
         )  # fmt: skip
         try:
             proc = subprocess.run(
@@ -298,6 +308,7 @@ def run_perf_analyzer(
         p95_ms=parsed["p95_ms"],
         p99_ms=parsed["p99_ms"],
         avg_ms=parsed["avg_ms"],
+        server_avg_ms=parsed["server_avg_ms"],
         request_count=int(counts[0]) if counts else None,
         command=command,
         csv=report,

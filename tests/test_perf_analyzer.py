@@ -13,6 +13,7 @@ from bge_triton.bench.perf_analyzer import (
     ENV_VAR,
     PerfResult,
     _spread_for_concurrency,
+    build_command,
     find_perf_analyzer,
     parse_csv,
     run_perf_analyzer,
@@ -64,6 +65,7 @@ def test_csv_report_is_parsed_to_milliseconds() -> None:
         (17.722, 21.843, 21.994, 23.568)
     )
     assert parsed["avg_ms"] == pytest.approx((8 + 6476 + 1 + 85 + 11078 + 692 + 6) / 1000)
+    assert parsed["server_avg_ms"] == pytest.approx((1 + 85 + 11078 + 692) / 1000)  # queue + compute only
     with pytest.raises(ValueError, match="concurrency 1"):
         parse_csv(CSV, 1)
 
@@ -119,3 +121,17 @@ def test_perf_analyzer_measures_the_ensemble(perf_analyzer: Path, triton: Triton
     assert requests >= result.request_count
     assert texts_after - texts_before == batch_size * requests
     assert os.access(perf_analyzer, os.X_OK)
+
+
+def test_command_names_the_protocol(tmp_path: Path) -> None:
+    common = dict(
+        concurrency=1, batch_size=1, measurement_ms=1000, max_trials=3, stability_percentage=50, percentile=None,
+        measurement_request_count=None,
+    )  # fmt: skip
+    args = (tmp_path / "pa", "m", "127.0.0.1:8000", tmp_path / "in.json", tmp_path / "out.csv")
+    grpc_command = build_command(*args, **common)
+    http_command = build_command(*args, **common, protocol="http")
+    assert grpc_command[grpc_command.index("-i") + 1] == "grpc"  # the default, as before
+    assert http_command[http_command.index("-i") + 1] == "http"
+    with pytest.raises(ValueError, match="unknown protocol"):
+        build_command(*args, **common, protocol="grpcs")
