@@ -38,11 +38,7 @@ def summary(samples: dict[str, list[float]], baseline: str) -> dict[str, dict[st
     names = list(samples)
     for i, name in enumerate(names):
         values = sorted(samples[name])
-        row = {
-            "p10_ms": round(_quantile(values, 0.1), 3),  # on a loaded machine: nearest to the unloaded figure
-            "p50_ms": round(statistics.median(values), 3),
-            "p90_ms": round(_quantile(values, 0.9), 3),
-        }
+        row = quantile_row(values)  # p10: on a loaded machine, nearest to the unloaded figure
         others = [baseline] if name != baseline else []
         if i > 0 and names[i - 1] != baseline:
             others.append(names[i - 1])
@@ -52,6 +48,24 @@ def summary(samples: dict[str, list[float]], baseline: str) -> dict[str, dict[st
             row[f"p10_minus_{other}_p10_ms"] = round(_quantile(values, 0.1) - _quantile(sorted(samples[other]), 0.1), 3)
         out[name] = row
     return out
+
+
+def quantile_row(values: list[float]) -> dict[str, float]:
+    """p10, median and p90 of `values` (ms, to the microsecond)."""
+    ordered = sorted(values)
+    return {
+        "p10_ms": round(_quantile(ordered, 0.1), 3),
+        "p50_ms": round(statistics.median(ordered), 3),
+        "p90_ms": round(_quantile(ordered, 0.9), 3),
+    }
+
+
+def report_out(report: dict[str, object], path: Path | None) -> None:
+    """Print the report as JSON and, given a path, also write it there."""
+    print(json.dumps(report, indent=2))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -171,11 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proxy", action="store_true", help="also the OpenAI proxy before the last Triton")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
-    report = run(args.repository, args.model, rounds=args.rounds, threads=args.threads, proxy=args.proxy)
-    print(json.dumps(report, indent=2))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    report_out(run(args.repository, args.model, rounds=args.rounds, threads=args.threads, proxy=args.proxy), args.json)
     return 0
 
 

@@ -17,7 +17,6 @@ A single query reaches Triton 0.5-1 ms later over gRPC than over HTTP from this 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -28,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .ab_latency import _paired, _quantile
+from .ab_latency import _paired, quantile_row, report_out
 
 BASELINE = "grpc"
 WARMUP_ROUNDS = 10
@@ -54,13 +53,7 @@ def summary(walls: dict[str, list[float]], cpus: dict[str, list[float]]) -> dict
     """Per variant: p10/p50/p90 wall ms, mean CPU ms per call, and the median per-round difference to gRPC."""
     out: dict[str, dict[str, float]] = {}
     for name, values in walls.items():
-        ordered = sorted(values)
-        row = {
-            "p10_ms": round(_quantile(ordered, 0.1), 3),
-            "p50_ms": round(statistics.median(ordered), 3),
-            "p90_ms": round(_quantile(ordered, 0.9), 3),
-            "cpu_ms_per_call": round(statistics.fmean(cpus[name]), 3),
-        }
+        row = quantile_row(values) | {"cpu_ms_per_call": round(statistics.fmean(cpus[name]), 3)}
         if name != BASELINE and BASELINE in walls:
             row[f"minus_{BASELINE}_p50_ms"] = round(statistics.median(_paired(values, walls[BASELINE])), 3)
         out[name] = row
@@ -204,10 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(arguments)
     report = run(args.repository, args.model, rounds=args.rounds, perf_analyzer_requests=args.perf_analyzer_requests)
-    print(json.dumps(report, indent=2))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    report_out(report, args.json)
     return 0
 
 

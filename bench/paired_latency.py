@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from .ab_latency import _paired, _quantile  # the same quantiles and per-round differences as ab_latency
+from .ab_latency import _paired, quantile_row  # the same quantiles and per-round differences as ab_latency
 from .runner import Plan, run_loop
 from .systems import SYSTEMS, System
 
@@ -39,12 +39,7 @@ def differences(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     proxy's and triton-http's to the Triton systems in COMPARED_WITH)."""
     out: dict[str, dict[str, float]] = {}
     for name, values in samples.items():
-        ordered = sorted(values)
-        row = {
-            "p10_ms": round(_quantile(ordered, 0.1), 3),
-            "p50_ms": round(statistics.median(ordered), 3),
-            "p90_ms": round(_quantile(ordered, 0.9), 3),
-        }
+        row = quantile_row(values)
         for other in (BASELINE, *COMPARED_WITH.get(name, ())):
             if other != name and other in samples:
                 row[f"minus_{other}_p50_ms"] = round(statistics.median(_paired(values, samples[other])), 3)
